@@ -1,0 +1,43 @@
+"""Typed errors of safedispatch.
+
+Every error about bad input is a :class:`SafeDispatchError` *and* a ``ValueError``
+(``NetworkDataError``, ``InputError``), so callers can catch either. Solver and
+infeasibility outcomes are statuses in results; :class:`SolverError` is raised only where
+a caller asked for it. Each error names the offending field in ``.field``.
+"""
+
+from __future__ import annotations
+
+
+class SafeDispatchError(Exception):
+    """Base class of every error raised by safedispatch.
+
+    Args:
+        message: What was expected and what was got.
+        field: Name of the offending field or argument (e.g. ``"branch.r_ohm"``), if any.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class NetworkDataError(SafeDispatchError, ValueError):
+    """Feeder data is inconsistent: unknown bus, NaN or negative rating, meshed or islanded
+    network, zones that do not partition the feeder, unsupported pandapower element."""
+
+
+class InputError(SafeDispatchError, ValueError):
+    """A call argument has the wrong shape, dtype or a non-finite value."""
+
+
+class InfeasibleError(SafeDispatchError):
+    """No point satisfies the constraints (raised only where a caller asked to raise)."""
+
+
+class SolverError(SafeDispatchError):
+    """A numerical solver failed (raised only where a caller asked to raise)."""
+
+
+class BackendUnavailableError(SafeDispatchError, ImportError):
+    """An optional package needed for the requested feature is not installed."""
