@@ -1,0 +1,139 @@
+"""CVXPY backend: the modelling algebra the formulations are written against, and a solve
+call with an explicit solver fallback chain that never lets a solver's exception escape."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import cvxpy as cp
+import numpy as np
+
+from safedispatch.backends.result import SolveResult, SolveStatus
+
+__all__ = ["CvxpyAlgebra", "DEFAULT_SOLVERS", "solve"]
+
+#: explicit default: Clarabel (interior point, exact cones), then ECOS, then SCS
+DEFAULT_SOLVERS = ("CLARABEL", "ECOS", "SCS")
+
+_STATUS = {
+    cp.OPTIMAL: SolveStatus.OPTIMAL,
+    cp.OPTIMAL_INACCURATE: SolveStatus.OPTIMAL_INACCURATE,
+    cp.INFEASIBLE: SolveStatus.INFEASIBLE,
+    cp.INFEASIBLE_INACCURATE: SolveStatus.INFEASIBLE,
+    cp.UNBOUNDED: SolveStatus.UNBOUNDED,
+    cp.UNBOUNDED_INACCURATE: SolveStatus.UNBOUNDED,
+    cp.USER_LIMIT: SolveStatus.LIMIT_REACHED,
+}
+
+
+class CvxpyAlgebra:
+    """Vector modelling algebra on CVXPY (exact cones).
+
+    Every variable, parameter and constraint is registered by name so a problem is built
+    once and re-solved after parameter updates (DPP).
+    """
+
+    exact_cones = True
+
+    def __init__(self):
+        self.vars: dict[str, cp.Variable] = {}
+        self.params: dict[str, cp.Parameter] = {}
+        self.constraints: dict[str, list] = {}
+
+    def var(self, name: str, n: int, lb=None, ub=None, integer: bool = False):
+        v = cp.Variable(n, name=name, integer=integer)
+        self.vars[name] = v
+        if lb is not None:
+            self.add(f"{name}_lb", v >= lb)
+        if ub is not None:
+            self.add(f"{name}_ub", v <= ub)
+        return v
+
+    def param(self, name: str, value, nonneg: bool = False):
+        value = np.asarray(value, dtype=float)
+        p = cp.Parameter(value.shape, name=name, nonneg=nonneg)
+        p.value = value
+        self.params[name] = p
+        return p
+
+    def set(self, name: str, value) -> None:
+        self.params[name].value = np.asarray(value, dtype=float).reshape(self.params[name].shape)
+
+    def add(self, name: str, con) -> None:
+        self.constraints.setdefault(name, []).append(con)
+
+    @staticmethod
+    def matvec(M, x):
+        return M @ x
+
+    @staticmethod
+    def matvec_param(M, x):
+        return M @ x
+
+    @staticmethod
+    def mul(c, x):
+        return cp.multiply(c, x)
+
+    @staticmethod
+    def total(x):
+        return cp.sum(x)
+
+    def eq(self, name, lhs, rhs) -> None:
+        self.add(name, lhs == rhs)
+
+    def le(self, name, lhs, rhs) -> None:
+        self.add(name, lhs <= rhs)
+
+    def soc(self, name, t, *xs) -> None:
+        """``||(xs[0][k], xs[1][k], ...)|| <= t[k]`` for every k."""
+        self.add(name, cp.SOC(t, cp.vstack(list(xs)), axis=0))
+
+    def rotated_cone(self, name, a, b, u, v) -> None:
+        """``a^2 + b^2 <= u v`` with ``u, v >= 0`` elementwise."""
+        self.add(name, cp.SOC(u + v, cp.vstack([2 * a, 2 * b, u - v]), axis=0))
+
+    @staticmethod
+    def sum_squares(x):
+        return cp.sum_squares(x)
+
+    def problem(self, objective, names=None) -> cp.Problem:
+        """A minimisation problem over the registered constraints (or only ``names``)."""
+        keys = self.constraints if names is None else names
+        cons = [c for k in keys for c in self.constraints[k]]
+        return cp.Problem(cp.Minimize(objective), cons)
+
+
+def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, **options) -> SolveResult:
+    """Solve with the first solver that returns a usable status, falling back along ``solvers``.
+
+    Solver exceptions are caught and recorded in ``info["errors"]``; a result without a
+    solution has status INFEASIBLE, UNBOUNDED, LIMIT_REACHED or NUMERICAL_ERROR.
+    """
+    errors, tried = {}, []
+    t0 = time.perf_counter()
+    status = SolveStatus.NOT_SOLVED
+    for name in solvers:
+        tried.append(name)
+        try:
+            with warnings.catch_warnings():  # inaccuracy is reported as a status, not a warning
+                warnings.simplefilter("ignore", UserWarning)
+                problem.solve(solver=name, **options.get(name, {}))
+        except (cp.error.SolverError, ValueError, ArithmeticError) as exc:  # noqa: PERF203
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            status = SolveStatus.NUMERICAL_ERROR
+            continue
+        status = _STATUS.get(problem.status, SolveStatus.NUMERICAL_ERROR)
+        if status in (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE, SolveStatus.UNBOUNDED):
+            break  # a definite answer: no fallback needed
+    dt = time.perf_counter() - t0
+    stats = problem.solver_stats
+    x = {}
+    if status.has_solution:
+        x = {v.name(): np.array(v.value, dtype=float) for v in problem.variables()}
+        if not all(np.isfinite(a).all() for a in x.values()):
+            status, x = SolveStatus.NUMERICAL_ERROR, {}
+    obj = float(problem.value) if status.has_solution and problem.value is not None else float("inf")
+    return SolveResult(status=status, x=x, objective=obj, solver=tried[-1], solve_time_s=dt,
+                       iterations=int(getattr(stats, "num_iters", 0) or 0) if stats else 0,
+                       info={"tried": tried, "errors": errors, "raw_status": problem.status})

@@ -1,0 +1,710 @@
+"""The safety layer: the nearest set-points that keep the feeder within its limits.
+
+``SafetyLayer(feeder, model=...)`` is set up once per feeder (the convex problem is built
+once, see :mod:`safedispatch.problems.projection`); ``layer.project(action, snapshot)`` only
+updates numbers and re-solves. ``project_action`` is the one-call form.
+
+Outcomes (:class:`ProjectionStatus`):
+
+* UNCHANGED: the raw action already satisfies every device and model limit (checked
+  directly, without a solver); it is returned as is.
+* PROJECTED: the returned action is the nearest feasible one (weighted Euclidean distance
+  in MW/MVAr; capacitor steps are chosen exactly by enumeration with pruning).
+* INFEASIBLE: no set-point satisfies the limits. The returned action is the least-violating
+  one (first minimise the total limit violation, then the load shed, then the distance) and
+  ``result.violation`` states the remaining violation. Where the case declares sheddable load
+  (paper A's supply preservation), load is shed only when no set-point without shedding is
+  feasible, the least amount first, and the result reports the energy not supplied.
+* SOLVER_FAILED: every solver in the fallback chain failed; the returned action is the raw
+  action moved onto the device limits only, and ``violation`` says what the model predicts.
+
+No exception escapes ``project`` for a valid input: invalid input raises
+:class:`~safedispatch.errors.InputError` naming the field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+from functools import lru_cache
+
+import numpy as np
+from scipy.stats import norm
+
+from safedispatch.backends import cvxpy_
+from safedispatch.backends.result import SolveStatus
+from safedispatch.errors import InputError
+from safedispatch.formulations import lindistflow
+from safedispatch.network.feeder import Feeder
+from safedispatch.problems.projection import BIG, FORMULATIONS, DeviceBounds, ProjectionProgram, device_bounds
+from safedispatch.problems.types import Action, Snapshot, load_q_ratio
+from safedispatch.problems.zones import ModelNetwork, model_network
+
+__all__ = ["ProjectionResult", "ProjectionStatus", "SafetyLayer", "project_action"]
+
+#: feasibility tolerance of the model check (squared-voltage pu and MVA pu)
+FEAS_TOL = 1e-7
+#: device tolerance: set-points are moved exactly onto device limits after a solve
+DEV_TOL = 1e-9
+#: largest number of capacitor step combinations enumerated (pruned by distance)
+MAX_CAP_COMBINATIONS = 4096
+
+
+class ProjectionStatus(IntEnum):
+    """Outcome of one projection (an IntEnum, so it fits in numpy arrays and ``info``)."""
+
+    UNCHANGED = 0
+    PROJECTED = 1
+    INFEASIBLE = 2
+    SOLVER_FAILED = 3
+
+
+@dataclass
+class ProjectionResult:
+    """Result of :meth:`SafetyLayer.project`.
+
+    Attributes:
+        action: The safe action (always finite).
+        status: See :class:`ProjectionStatus`.
+        vm_pu: ``(n_bus,)`` voltages predicted by the model at the safe action (buses outside
+            a zone model hold their boundary values).
+        branch_p_mw, branch_q_mvar: ``(n_branch,)`` model-predicted sending-end flows.
+        correction_norm: Euclidean distance between raw and safe continuous set-points
+            (MW/MVAr), capacitor steps counted in MVAr.
+        active: Names of the binding constraints, e.g. ``"vmax[17]"`` (bus), ``"thermal[3]"``
+            (branch), ``"disk[5]"`` (inverter), ``"p_hi[5]"``.
+        violation: Remaining model violation at the safe action: ``{"vm_pu": ..,
+            "thermal_mva": ..}`` (0 when feasible).
+        shed_p_mw: ``(n_bus,)`` load shed (supply preservation), zeros when none.
+        energy_not_supplied_mwh: ``shed_p_mw.sum() * dt_h``.
+        objective: Weighted squared distance.
+        iterations: Solver iterations summed over the solves of this call.
+        n_solves: Number of convex solves in this call.
+        solve_time_s: Wall time of the whole call.
+        solver: Solver that produced the answer ("" when no solve was needed).
+        certified: AC certification verdict (None when not requested).
+        rounds: Certification rounds used.
+        ac_vm_pu: ``(n_bus,)`` AC voltages at the safe action (when certified).
+        ac_loading: ``(n_branch,)`` AC current / rating (when certified).
+        info: Extra details (limits used, certification history).
+    """
+
+    action: Action
+    status: ProjectionStatus
+    vm_pu: np.ndarray
+    branch_p_mw: np.ndarray
+    branch_q_mvar: np.ndarray
+    correction_norm: float
+    active: tuple = ()
+    violation: dict = field(default_factory=lambda: {"vm_pu": 0.0, "thermal_mva": 0.0})
+    shed_p_mw: np.ndarray | None = None
+    energy_not_supplied_mwh: float = 0.0
+    objective: float = 0.0
+    iterations: int = 0
+    n_solves: int = 0
+    solve_time_s: float = 0.0
+    solver: str = ""
+    certified: bool | None = None
+    rounds: int = 0
+    ac_vm_pu: np.ndarray | None = None
+    ac_loading: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Limits:
+    """Effective limits over model nodes 1..n-1 (pu), and the optional affine correction."""
+
+    wmin: np.ndarray
+    wmax: np.ndarray
+    smax: np.ndarray
+    d: np.ndarray | None = None
+    Ep: np.ndarray | None = None
+    Eq: np.ndarray | None = None
+
+
+@dataclass
+class _Point:
+    """A candidate solution in model units."""
+
+    p: np.ndarray
+    q: np.ndarray
+    e: np.ndarray
+    cap: np.ndarray
+    shed: np.ndarray
+    w: np.ndarray
+    P: np.ndarray
+    Q: np.ndarray
+    objective: float = 0.0
+    solver: str = ""
+
+
+class _Model:
+    """Everything the layer needs for one model network: programs (built lazily), the
+    affine LinDistFlow maps for direct evaluation, and the uncertainty margins."""
+
+    def __init__(self, layer: SafetyLayer, mn: ModelNetwork):
+        self.layer, self.mn = layer, mn
+        tree = mn.tree
+        self.Rw, self.Xw, self.S = lindistflow.affine_maps(tree)
+        self.Bpv, self.Bess, self.Bcap = mn.incidence(mn.pv_node), mn.incidence(mn.ess_node), mn.incidence(mn.cap_node)
+        self._programs: dict = {}
+        f = layer.feeder
+        m = tree.n - 1
+        self.wmin0 = tree.vm_min_pu[1:] ** 2
+        self.wmax0 = tree.vm_max_pu[1:] ** 2
+        self.smax0 = tree.s_max_pu[1:].copy()
+        self.margin_w = np.zeros(m)
+        self.margin_s = np.zeros(m)
+        if layer.pv_error_sd_mw is not None:
+            z = norm.ppf(layer.confidence)
+            sd = np.asarray(layer.pv_error_sd_mw, float)[mn.pv] / mn.sn_mva
+            G = self.Rw @ self.Bpv  # squared-voltage sensitivity to each inverter's P
+            self.margin_w = z * np.sqrt((G**2) @ sd**2)
+            self.margin_s = z * np.sqrt((self.S @ self.Bpv) @ sd**2)
+        self.weak = []
+        if layer.scr_min is not None:
+            for b in np.unique(f.pv.bus[mn.pv]):
+                if np.isfinite(f.bus.s_sc_mva[b]):
+                    self.weak.append((np.flatnonzero(f.pv.bus[mn.pv] == b), f.bus.s_sc_mva[b] / layer.scr_min))
+
+    def program(self, soft: bool = False, correction: bool = False) -> ProjectionProgram:
+        key = (soft, correction)
+        if key not in self._programs:
+            L = self.layer
+            self._programs[key] = ProjectionProgram(cvxpy_.CvxpyAlgebra(), L.feeder, self.mn, L.model, L.weights_pv,
+                                                    L.weights_ess, L.scr_min, soft=soft, correction=correction)
+        return self._programs[key]
+
+    def base_limits(self) -> _Limits:
+        return _Limits(wmin=self.wmin0 + self.margin_w, wmax=self.wmax0 - self.margin_w,
+                       smax=np.maximum(self.smax0 - self.margin_s, 0.0))
+
+
+class SafetyLayer:
+    """Projects raw actions onto the feasible set of a convex feeder model.
+
+    Args:
+        feeder: The network.
+        model: "lindistflow" (Baran & Wu 1989) or "socp" (Farivar & Low 2013).
+        zones: None for one whole-feeder model, or "feeder" to give every zone of
+            ``feeder.zones`` its own local model (paper A): zone models are solved
+            independently with boundary voltages and flows from an AC power flow at the
+            previous set-points (or the raw action when there are none).
+        weights_pv: ``(n_pv,)`` distance weights per inverter (same for P and Q); default 1.
+        weights_ess: ``(n_ess,)`` distance weights per storage unit; default 1.
+        cap_weight: Weight of a capacitor step change, per MVAr^2 of its change.
+        scr_min: Minimum short-circuit ratio at buses with a known short-circuit capacity:
+            the PV active power there is at most ``s_sc_mva / scr_min`` (paper B; off by
+            default since the paper gives no threshold).
+        pv_error_sd_mw: ``(n_pv,)`` standard deviation of each inverter's PV forecast error
+            (MW). With it, voltage and thermal limits are tightened by
+            ``z(confidence) * sd`` of the resulting voltage / flow error (paper B's chance
+            constraint, Gaussian errors, LinDistFlow sensitivities).
+        confidence: One-sided confidence level of the margin.
+        solvers: Solver fallback chain for the convex solves.
+
+    Raises:
+        InputError: unknown model, bad weights or margins.
+    """
+
+    def __init__(self, feeder: Feeder, model: str = "lindistflow", zones=None, weights_pv=None, weights_ess=None,
+                 cap_weight: float = 1.0, scr_min: float | None = None, pv_error_sd_mw=None,
+                 confidence: float = 0.95, solvers=cvxpy_.DEFAULT_SOLVERS):
+        if model not in FORMULATIONS:
+            raise InputError(f"expected one of {sorted(FORMULATIONS)}, got {model!r}", "model")
+        self.feeder, self.model = feeder, model
+        self.weights_pv = self._positive(weights_pv, feeder.n_pv, "weights_pv")
+        self.weights_ess = self._positive(weights_ess, feeder.n_ess, "weights_ess")
+        if not (np.isfinite(cap_weight) and cap_weight >= 0):
+            raise InputError(f"expected a finite weight >= 0, got {cap_weight}", "cap_weight")
+        self.cap_weight = float(cap_weight)
+        if scr_min is not None and not (np.isfinite(scr_min) and scr_min > 0):
+            raise InputError(f"expected a finite ratio > 0, got {scr_min}", "scr_min")
+        self.scr_min = scr_min
+        if pv_error_sd_mw is not None:
+            sd = np.asarray(pv_error_sd_mw, float)
+            if sd.shape != (feeder.n_pv,) or not np.isfinite(sd).all() or (sd < 0).any():
+                raise InputError(f"expected ({feeder.n_pv},) finite values >= 0", "pv_error_sd_mw")
+        self.pv_error_sd_mw = pv_error_sd_mw
+        if not 0.5 <= confidence < 1:
+            raise InputError(f"expected a confidence in [0.5, 1), got {confidence}", "confidence")
+        self.confidence = confidence
+        self.solvers = tuple(solvers)
+        if zones is None:
+            self.models = [_Model(self, model_network(feeder))]
+        elif isinstance(zones, str) and zones == "feeder":
+            self.models = [_Model(self, model_network(feeder, k)) for k in range(len(feeder.zones))]
+        else:
+            raise InputError(f"expected None or 'feeder', got {zones!r}", "zones")
+        self.zoned = zones is not None
+
+    @staticmethod
+    def _positive(w, n, name):
+        if w is None:
+            return np.ones(n)
+        w = np.asarray(w, float)
+        if w.shape != (n,) or not np.isfinite(w).all() or (w <= 0).any():
+            raise InputError(f"expected ({n},) finite weights > 0", name)
+        return w
+
+    # ------------------------------------------------------------------------------------
+    def project(self, action: Action, snapshot: Snapshot, certify_ac: bool = False,
+                max_rounds: int = 6) -> ProjectionResult:
+        """The nearest feasible action (see the module docstring for the outcomes).
+
+        Args:
+            action: Raw set-points.
+            snapshot: Loads, PV availability, previous set-points, storage state.
+            certify_ac: Check the result with the AC power flow and correct the model until it
+                holds (see :mod:`safedispatch.safety.certify`).
+            max_rounds: Certification rounds at most.
+
+        Raises:
+            InputError: bad action or snapshot (the message names the field).
+        """
+        t0 = time.perf_counter()
+        f = self.feeder
+        snap = snapshot.checked(f)
+        act = action.checked(f)
+        if self.zoned:
+            res = self._project_zones(act, snap)
+        else:
+            mod = self.models[0]
+            res = self._project_model(mod, act, snap, mod.base_limits())
+        if certify_ac:
+            from safedispatch.safety.certify import certify
+
+            res = certify(self, act, snap, res, max_rounds=max_rounds)
+        res.solve_time_s = time.perf_counter() - t0
+        return res
+
+    def project_vector(self, x, snapshot: Snapshot, **kw) -> tuple[np.ndarray, ProjectionResult]:
+        """Flat-vector form for RL code: ``x = [pv_p_mw | pv_q_mvar | ess_p_mw]`` (length
+        ``2 n_pv + n_ess``); capacitor banks keep ``snapshot.prev``'s steps (or their initial
+        steps). Returns the safe vector and the full result."""
+        prev = snapshot.prev
+        cap = prev.cap_step if prev is not None else None
+        res = self.project(Action.from_vector(x, self.feeder, cap_step=cap), snapshot, **kw)
+        return res.action.to_vector(), res
+
+    # ------------------------------------------------------------------------------------
+    def _project_model(self, mod: _Model, act: Action, snap: Snapshot, lim: _Limits, boundary=None,
+                       w_source=None) -> ProjectionResult:
+        f, mn = self.feeder, mod.mn
+        bounds = device_bounds(f, mn, snap)
+        rp, rq, re = act.pv_p_mw[mn.pv], act.pv_q_mvar[mn.pv], act.ess_p_mw[mn.ess]
+        raw_cap = act.cap_step[mn.cap]
+        ws = snap.v_root_pu**2 if w_source is None else w_source
+        ctx = dict(snap=snap, bounds=bounds, lim=lim, boundary=boundary, w_source=ws)
+        zero_shed = np.zeros(mn.tree.n - 1)
+        # 1. the raw action may already be feasible
+        raw = self._evaluate(mod, rp, rq, re, raw_cap, zero_shed, ctx)
+        if raw is not None and self._device_feasible(mod, rp, rq, re, bounds) and self._network_violation(
+                mod, raw, lim)[2] <= FEAS_TOL:
+            return self._result(mod, act, snap, raw, ProjectionStatus.UNCHANGED, ctx, stats=(0, 0, ""))
+        # 2. hard projection, capacitor steps by pruned enumeration
+        best, stats = self._solve_hard(mod, rp, rq, re, raw_cap, ctx)
+        if best is not None:
+            return self._result(mod, act, snap, best, ProjectionStatus.PROJECTED, ctx, stats=stats)
+        if stats[3] == "failed":
+            pt = self._device_only(mod, rp, rq, re, raw_cap, bounds, ctx)
+            return self._result(mod, act, snap, pt, ProjectionStatus.SOLVER_FAILED, ctx, stats=stats[:3])
+        # 3. no feasible set-point: shed load if allowed, else the least-violating point
+        pt, status, st2 = self._solve_soft(mod, rp, rq, re, raw_cap, ctx)
+        stats = (stats[0] + st2[0], stats[1] + st2[1], st2[2] or stats[2])
+        if pt is None:
+            pt = self._device_only(mod, rp, rq, re, raw_cap, bounds, ctx)
+            status = ProjectionStatus.SOLVER_FAILED
+        return self._result(mod, act, snap, pt, status, ctx, stats=stats)
+
+    # -- evaluation ------------------------------------------------------------------------
+    def _node_injection(self, mod: _Model, p, q, e, cap, shed, ctx):
+        """Injections at nodes 1..n-1 (pu) of the model for given set-points."""
+        mn, snap, sn = mod.mn, ctx["snap"], mod.mn.sn_mva
+        nodes = mn.tree.bus[1:]
+        pi = mod.Bpv @ p / sn + mod.Bess @ e / sn - np.asarray(snap.load_p_mw)[nodes] / sn + shed
+        qi = (mod.Bpv @ q / sn - np.asarray(snap.load_q_mvar)[nodes] / sn + mn.tree.b_pu[1:]
+              + self._cap_q(mod, cap) + shed * load_q_ratio(snap)[nodes])
+        if ctx["boundary"] is not None:
+            pi = pi - ctx["boundary"][0]
+            qi = qi - ctx["boundary"][1]
+        return pi, qi
+
+    def _cap_q(self, mod: _Model, cap):
+        mn = mod.mn
+        return mod.Bcap @ (np.asarray(cap, float) * self.feeder.cap.q_step_mvar[mn.cap]) / mn.sn_mva
+
+    def _evaluate(self, mod: _Model, p, q, e, cap, shed, ctx) -> _Point | None:
+        """Model state at given set-points: LinDistFlow directly; SOCP by a fixed-injection
+        solve (the relaxation's feasible set), None when that finds no state."""
+        pi, qi = self._node_injection(mod, p, q, e, cap, shed, ctx)
+        lim = ctx["lim"]
+        if self.model == "lindistflow":
+            w = ctx["w_source"] + mod.Rw @ pi + mod.Xw @ qi
+            if lim.d is not None:
+                ctrl = self._ctrl_injection(mod, p, q, e)
+                w = w + lim.d + lim.Ep @ ctrl[0] + lim.Eq @ ctrl[1]
+            return _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=shed, w=w, P=-mod.S @ pi, Q=-mod.S @ qi)
+        fixed = DeviceBounds(p_lo=p, p_hi=p, q_lo=q, q_hi=q, e_lo=e, e_hi=e)
+        ctx2 = dict(ctx, bounds=fixed)
+        prog = mod.program(soft=True, correction=lim.d is not None)
+        self._set(mod, prog, ctx2, p, q, e, cap)
+        a = prog.alg
+        a.set("shed_max", shed)
+        a.set("alpha", 1.0)
+        a.set("beta", 0.0)
+        a.set("c_shed", 0.0)
+        a.set("viol_cap", BIG)
+        a.set("shed_cap", BIG)
+        r = cvxpy_.solve(prog.problem, self.solvers)
+        if not r.status.has_solution:
+            return None
+        return _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=shed, w=self._w_eff(prog, r), P=r.x["P"], Q=r.x["Q"])
+
+    @staticmethod
+    def _ctrl_injection(mod: _Model, p, q, e):
+        sn = mod.mn.sn_mva
+        prog_nodes = np.flatnonzero(mod.Bpv.any(axis=1) | mod.Bess.any(axis=1))
+        return (mod.Bpv[prog_nodes] @ p + mod.Bess[prog_nodes] @ e) / sn, mod.Bpv[prog_nodes] @ q / sn
+
+    def _device_feasible(self, mod: _Model, p, q, e, b: DeviceBounds, tol: float = DEV_TOL) -> bool:
+        f, mn = self.feeder, mod.mn
+        s = f.pv.s_mva[mn.pv]
+        ok = (np.all(p >= b.p_lo - tol) and np.all(p <= b.p_hi + tol) and np.all(q >= b.q_lo - tol)
+              and np.all(q <= b.q_hi + tol) and np.all(p * p + q * q <= s * s * (1 + 2 * tol) + tol)
+              and np.all(e >= b.e_lo - tol) and np.all(e <= b.e_hi + tol))
+        pf = f.pv.pf_min[mn.pv]
+        if ok and (pf > 0).any():
+            t = np.tan(np.arccos(pf[pf > 0]))
+            ok = bool(np.all(np.abs(q[pf > 0]) <= t * p[pf > 0] + tol))
+        for idx, cap in mod.weak:
+            ok = ok and p[idx].sum() <= cap + tol
+        return bool(ok)
+
+    @staticmethod
+    def _network_violation(mod: _Model, pt: _Point, lim: _Limits):
+        """(voltage violation in pu of magnitude, thermal violation in pu MVA, max of the
+        violations in model units)."""
+        vw = np.maximum(pt.w - lim.wmax, 0).max(initial=0.0), np.maximum(lim.wmin - pt.w, 0).max(initial=0.0)
+        smag = np.hypot(pt.P, pt.Q)
+        vs = np.maximum(smag - lim.smax, 0).max(initial=0.0)
+        # report the voltage part in pu of magnitude (sqrt scale), with w clipped at 0
+        wpos = np.maximum(pt.w, 0)
+        vm = np.sqrt(wpos)
+        vmag = max(np.maximum(vm - np.sqrt(np.maximum(lim.wmax, 0)), 0).max(initial=0.0),
+                   np.maximum(np.sqrt(np.maximum(lim.wmin, 0)) - vm, 0).max(initial=0.0))
+        return vmag, vs, max(vw[0], vw[1], vs)
+
+    # -- solves ------------------------------------------------------------------------------
+    def _set(self, mod: _Model, prog: ProjectionProgram, ctx, rp, rq, re, cap):
+        lim, snap = ctx["lim"], ctx["snap"]
+        bnd = ctx["boundary"]
+        prog.set_snapshot(self.feeder, snap, ctx["bounds"], rp, rq, re, self._cap_q(mod, cap), lim.wmin, lim.wmax,
+                          lim.smax, w_source=ctx["w_source"],
+                          boundary_p=None if bnd is None else bnd[0], boundary_q=None if bnd is None else bnd[1])
+        if prog.correction:
+            m, k = prog.mn.tree.n - 1, prog.ctrl_nodes.size
+            prog.alg.set("d", lim.d if lim.d is not None else np.zeros(m))
+            prog.alg.set("Ep", lim.Ep if lim.Ep is not None else np.zeros((m, k)))
+            prog.alg.set("Eq", lim.Eq if lim.Eq is not None else np.zeros((m, k)))
+        if prog.soft:
+            nodes = mod.mn.tree.bus[1:]
+            prog.alg.set("shed_q_ratio", load_q_ratio(snap)[nodes])
+
+    @staticmethod
+    def _w_eff(prog, r):
+        w = r.x["w"]
+        if prog.correction:
+            a = prog.alg
+            mn = prog.mn
+            sn = mn.sn_mva
+            pn = (prog.Bpv[prog.ctrl_nodes] @ r.x["pv_p"] + prog.Bess[prog.ctrl_nodes] @ r.x["ess_p"]) / sn
+            qn = prog.Bpv[prog.ctrl_nodes] @ r.x["pv_q"] / sn
+            w = w + a.params["d"].value + a.params["Ep"].value @ pn + a.params["Eq"].value @ qn
+        return w
+
+    def _cap_candidates(self, mod: _Model, raw_cap):
+        """Capacitor step combinations sorted by their own distance (MVAr^2 x weight)."""
+        f, mn = self.feeder, mod.mn
+        if mn.cap.size == 0:
+            return [(np.zeros(0, dtype=np.int64), 0.0)]
+        ranges = [range(int(f.cap.n_steps[c]) + 1) for c in mn.cap]
+        n_comb = int(np.prod([len(r) for r in ranges]))
+        if n_comb > MAX_CAP_COMBINATIONS:
+            raise InputError(f"{n_comb} capacitor step combinations exceed the enumeration limit "
+                             f"{MAX_CAP_COMBINATIONS}", "feeder.cap")
+        qs = f.cap.q_step_mvar[mn.cap]
+        out = []
+        for combo in itertools.product(*ranges):
+            c = np.array(combo, dtype=np.int64)
+            out.append((c, self.cap_weight * float(np.sum((qs * (c - raw_cap)) ** 2))))
+        out.sort(key=lambda t: t[1])
+        return out
+
+    def _solve_hard(self, mod: _Model, rp, rq, re, raw_cap, ctx):
+        prog = mod.program(correction=ctx["lim"].d is not None)
+        best, best_total = None, np.inf
+        iters = n = 0
+        solver, failed = "", False
+        for cap, cap_cost in self._cap_candidates(mod, raw_cap):
+            if cap_cost >= best_total:  # continuous distance >= 0: nothing later can win
+                break
+            self._set(mod, prog, ctx, rp, rq, re, cap)
+            r = cvxpy_.solve(prog.problem, self.solvers)
+            n += 1
+            iters += r.iterations
+            if r.status.has_solution:
+                pt = self._point_from(mod, prog, r, cap, np.zeros(mod.mn.tree.n - 1), ctx)
+                total = pt.objective + cap_cost
+                if total < best_total:
+                    best, best_total, solver = pt, total, r.solver
+            elif r.status not in (SolveStatus.INFEASIBLE,):
+                failed = True
+        return best, (n, iters, solver, "failed" if failed and best is None else "")
+
+    def _point_from(self, mod, prog, r, cap, shed, ctx) -> _Point:
+        """Clean a solver's answer onto the device limits exactly and evaluate the model."""
+        b = ctx["bounds"]
+        p, q, e = self._onto_devices(mod, r.x["pv_p"], r.x["pv_q"], r.x["ess_p"], b)
+        if prog.soft:  # solver noise on the shed: within its bounds, exact zeros below 1e-9 pu
+            shed = np.clip(shed, 0.0, prog.alg.params["shed_max"].value)
+            shed = np.where(shed < 1e-9, 0.0, shed)
+        if self.model == "lindistflow":
+            pt = self._evaluate(mod, p, q, e, cap, shed, ctx)
+        else:
+            pt = _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=shed, w=self._w_eff(prog, r), P=r.x["P"], Q=r.x["Q"])
+        wp = self.weights_pv[mod.mn.pv]
+        we = self.weights_ess[mod.mn.ess]
+        rp, rq = prog.alg.params["rp"].value, prog.alg.params["rq"].value
+        re = prog.alg.params["re"].value if mod.mn.ess.size else np.zeros(0)
+        pt.objective = float(np.sum(wp * ((p - rp) ** 2 + (q - rq) ** 2)) + np.sum(we * (e - re) ** 2))
+        pt.solver = r.solver
+        return pt
+
+    def _onto_devices(self, mod: _Model, p, q, e, b: DeviceBounds):
+        """Move a solver answer (feasible to solver tolerance) exactly onto the device
+        limits: the output never exceeds a rating or a bound, not even by 1e-9."""
+        s = self.feeder.pv.s_mva[mod.mn.pv]
+        p = np.clip(p, b.p_lo, b.p_hi)
+        q = np.clip(q, b.q_lo, b.q_hi)
+        mag = np.hypot(p, q)
+        over = mag > s
+        if over.any():
+            p[over] *= s[over] / mag[over]
+            q[over] *= s[over] / mag[over]
+            p[over] = np.clip(p[over], b.p_lo[over], b.p_hi[over])
+        pf = self.feeder.pv.pf_min[mod.mn.pv]
+        lim = pf > 0
+        if lim.any():
+            t = np.tan(np.arccos(pf[lim]))
+            q[lim] = np.clip(q[lim], -t * p[lim], t * p[lim])
+        e = np.clip(e, b.e_lo, b.e_hi)
+        return p, q, e
+
+    def _device_only(self, mod: _Model, rp, rq, re, raw_cap, bounds, ctx) -> _Point:
+        """Fallback when solvers fail: the raw action moved onto the device limits only."""
+        p, q, e = self._onto_devices(mod, rp.copy(), rq.copy(), re.copy(), bounds)
+        pi, qi = self._node_injection(mod, p, q, e, raw_cap, np.zeros(mod.mn.tree.n - 1), ctx)
+        w = ctx["w_source"] + mod.Rw @ pi + mod.Xw @ qi
+        return _Point(p=p, q=q, e=e, cap=raw_cap, shed=np.zeros(mod.mn.tree.n - 1), w=w, P=-mod.S @ pi, Q=-mod.S @ qi)
+
+    def _solve_soft(self, mod: _Model, rp, rq, re, raw_cap, ctx):
+        """Lexicographic: (1) if any load is sheddable, shed the least load that makes the
+        limits hold, then the nearest set-points with that shed; otherwise (2) minimise the
+        total violation, then the shed load, then the distance. Every capacitor step
+        combination is tried and the lexicographically best kept."""
+        mn = mod.mn
+        prog = mod.program(soft=True, correction=ctx["lim"].d is not None)
+        a = prog.alg
+        snap = ctx["snap"]
+        nodes = mn.tree.bus[1:]
+        frac = self._sheddable_fraction()[nodes]
+        shed_max = np.maximum(np.asarray(snap.load_p_mw)[nodes], 0) * frac / mn.sn_mva
+        n = iters = 0
+        solver = ""
+
+        def run(alpha, beta, c_shed, viol_cap, shed_cap):
+            nonlocal n, iters, solver
+            a.set("alpha", alpha)
+            a.set("beta", beta)
+            a.set("c_shed", c_shed)
+            a.set("viol_cap", viol_cap)
+            a.set("shed_cap", shed_cap)
+            r = cvxpy_.solve(prog.problem, self.solvers)
+            n += 1
+            iters += r.iterations
+            solver = r.solver or solver
+            return r
+
+        best = None
+        for cap, cap_cost in self._cap_candidates(mod, raw_cap):
+            self._set(mod, prog, ctx, rp, rq, re, cap)
+            a.set("shed_max", shed_max)
+            if shed_max.sum() > 0:
+                r = run(0.0, 1e-6, 1.0, 0.0, BIG)  # least shed with hard limits
+                if r.status.has_solution:
+                    cap_shed = float(r.x["shed"].sum()) * (1 + 1e-6) + 1e-9
+                    r = run(0.0, 1.0, 0.0, 0.0, cap_shed)
+                    if r.status.has_solution:
+                        key = (0.0, float(r.x["shed"].sum()), r.objective + cap_cost)
+                        if best is None or key < best[0]:
+                            pt = self._point_from(mod, prog, r, cap, r.x["shed"], ctx)
+                            best = (key, pt, ProjectionStatus.PROJECTED)
+                        continue
+            r = run(1.0, 1e-6, 0.0, BIG, BIG)  # least violation (shedding allowed)
+            if not r.status.has_solution:
+                continue
+            v = float(r.x["slack_vmax"].sum() + r.x["slack_vmin"].sum() + r.x["slack_thermal"].sum())
+            vcap = v * (1 + 1e-6) + 1e-9
+            shed_used = 0.0
+            if shed_max.sum() > 0:
+                r2 = run(0.0, 1e-6, 1.0, vcap, BIG)  # then the least shed
+                if r2.status.has_solution:
+                    shed_used = float(r2.x["shed"].sum())
+                    r = r2
+            r3 = run(0.0, 1.0, 0.0, vcap, shed_used * (1 + 1e-6) + 1e-9)  # then the nearest
+            if r3.status.has_solution:
+                r = r3
+            key = (v, shed_used, r.objective + cap_cost)
+            if best is None or key < best[0]:
+                best = (key, self._point_from(mod, prog, r, cap, r.x["shed"], ctx), ProjectionStatus.INFEASIBLE)
+        if best is None:
+            return None, ProjectionStatus.SOLVER_FAILED, (n, iters, solver)
+        return best[1], best[2], (n, iters, solver)
+
+    def _sheddable_fraction(self) -> np.ndarray:
+        """``(n_bus,)`` share of each bus's nominal load that is sheddable."""
+        f = self.feeder
+        tot = np.zeros(f.n_bus)
+        sh = np.zeros(f.n_bus)
+        np.add.at(tot, f.load.bus, np.abs(f.load.p_mw))
+        np.add.at(sh, f.load.bus, np.abs(f.load.p_mw) * f.load.sheddable)
+        out = np.zeros(f.n_bus)
+        np.divide(sh, tot, out=out, where=tot > 0)
+        return out
+
+    # -- result ------------------------------------------------------------------------------
+    def _result(self, mod: _Model, act: Action, snap: Snapshot, pt: _Point, status, ctx, stats) -> ProjectionResult:
+        f, mn = self.feeder, mod.mn
+        p, q, e = act.pv_p_mw.copy(), act.pv_q_mvar.copy(), act.ess_p_mw.copy()
+        cap = act.cap_step.copy()
+        p[mn.pv], q[mn.pv], e[mn.ess], cap[mn.cap] = pt.p, pt.q, pt.e, pt.cap
+        safe = Action(pv_p_mw=p, pv_q_mvar=q, cap_step=cap, ess_p_mw=e)
+        vm = np.full(f.n_bus, np.nan)
+        vm[mn.tree.bus[1:]] = np.sqrt(np.maximum(pt.w, 0))
+        vm[mn.tree.bus[0]] = np.sqrt(ctx["w_source"])
+        vm = np.where(np.isnan(vm), 0.0, vm)
+        bp = np.zeros(f.n_branch)
+        bq = np.zeros(f.n_branch)
+        bp[mn.tree.branch[1:]] = pt.P * mn.sn_mva
+        bq[mn.tree.branch[1:]] = pt.Q * mn.sn_mva
+        dq_cap = (pt.cap - act.cap_step[mn.cap]) * f.cap.q_step_mvar[mn.cap]
+        corr = float(np.sqrt(np.sum((pt.p - act.pv_p_mw[mn.pv]) ** 2) + np.sum((pt.q - act.pv_q_mvar[mn.pv]) ** 2)
+                             + np.sum((pt.e - act.ess_p_mw[mn.ess]) ** 2) + np.sum(dq_cap**2)))
+        lim = ctx["lim"]
+        vv, vs, _ = self._network_violation(mod, pt, lim)
+        shed = np.zeros(f.n_bus)
+        shed[mn.tree.bus[1:]] = pt.shed * mn.sn_mva
+        return ProjectionResult(
+            action=safe, status=ProjectionStatus(status), vm_pu=vm, branch_p_mw=bp, branch_q_mvar=bq,
+            correction_norm=corr if status != ProjectionStatus.UNCHANGED else 0.0,
+            active=self._active(mod, pt, ctx), violation={"vm_pu": float(vv), "thermal_mva": float(vs * mn.sn_mva)},
+            shed_p_mw=shed, energy_not_supplied_mwh=float(shed.sum() * snap.dt_h), objective=float(pt.objective),
+            iterations=int(stats[1]), n_solves=int(stats[0]), solver=str(stats[2]),
+            info={"zone": mn.zone})
+
+    def _active(self, mod: _Model, pt: _Point, ctx, tol: float = 1e-6) -> tuple:
+        mn, lim, b = mod.mn, ctx["lim"], ctx["bounds"]
+        names = []
+        bus = mn.tree.bus[1:]
+        names += [f"vmax[{bus[i]}]" for i in np.flatnonzero(pt.w >= lim.wmax - tol)]
+        names += [f"vmin[{bus[i]}]" for i in np.flatnonzero(pt.w <= lim.wmin + tol)]
+        br = mn.tree.branch[1:]
+        names += [f"thermal[{br[i]}]" for i in np.flatnonzero(np.hypot(pt.P, pt.Q) >= lim.smax - tol)]
+        s = self.feeder.pv.s_mva[mn.pv]
+        for k, i in enumerate(mn.pv):
+            if pt.p[k] * pt.p[k] + pt.q[k] * pt.q[k] >= s[k] * s[k] * (1 - tol):
+                names.append(f"disk[{i}]")
+            if pt.p[k] >= b.p_hi[k] - tol and b.p_hi[k] > b.p_lo[k]:
+                names.append(f"p_hi[{i}]")
+            if pt.p[k] <= b.p_lo[k] + tol and b.p_hi[k] > b.p_lo[k]:
+                names.append(f"p_lo[{i}]")
+        for idx, cap in mod.weak:
+            if pt.p[idx].sum() >= cap - tol:
+                names.append(f"scr[{self.feeder.pv.bus[mn.pv[idx[0]]]}]")
+        return tuple(names)
+
+    # -- zones -------------------------------------------------------------------------------
+    def _project_zones(self, act: Action, snap: Snapshot) -> ProjectionResult:
+        """Each zone's local model with boundary values from an AC power flow at the previous
+        set-points (or the raw action); the zone results are combined."""
+        from safedispatch.powerflow import run_powerflow
+        from safedispatch.problems.types import net_injection
+
+        f = self.feeder
+        base = snap.prev if snap.prev is not None else act
+        p, q, sh = net_injection(f, snap, base)
+        pf = run_powerflow(f, p, q, v_root_pu=snap.v_root_pu, shunt_q_mvar=sh)
+        p_safe, q_safe, e_safe, cap_safe = (act.pv_p_mw.copy(), act.pv_q_mvar.copy(), act.ess_p_mw.copy(),
+                                            act.cap_step.copy())
+        vm = np.zeros(f.n_bus)
+        bp, bq, shed = np.zeros(f.n_branch), np.zeros(f.n_branch), np.zeros(f.n_bus)
+        statuses, active, subs = [], [], []
+        viol = {"vm_pu": 0.0, "thermal_mva": 0.0}
+        for mod in self.models:
+            mn = mod.mn
+            m = mn.tree.n - 1
+            bnd_p, bnd_q = np.zeros(m), np.zeros(m)
+            rs = f.radial
+            for br, node in zip(mn.out_branch, mn.out_node):
+                fwd = rs.branch_from_is_parent[br]
+                P = pf.p_from_mw[br] if fwd else pf.p_to_mw[br]
+                Q = pf.q_from_mvar[br] if fwd else pf.q_to_mvar[br]
+                bnd_p[node - 1] += P / mn.sn_mva
+                bnd_q[node - 1] += Q / mn.sn_mva
+            # the boundary flows are consumption at the node: pass as negative injection
+            ws = float(pf.vm_pu[mn.tree.bus[0]]) ** 2 if mn.zone is not None and mn.tree.bus[0] != f.root_bus \
+                else snap.v_root_pu**2
+            r = self._project_model(mod, act, snap, mod.base_limits(), boundary=(bnd_p, bnd_q), w_source=ws)
+            subs.append(r)
+            p_safe[mn.pv], q_safe[mn.pv], e_safe[mn.ess] = r.action.pv_p_mw[mn.pv], r.action.pv_q_mvar[mn.pv], \
+                r.action.ess_p_mw[mn.ess]
+            cap_safe[mn.cap] = r.action.cap_step[mn.cap]
+            inside = mn.tree.bus[1:]
+            vm[inside] = r.vm_pu[inside]
+            brs = mn.tree.branch[1:]
+            bp[brs], bq[brs] = r.branch_p_mw[brs], r.branch_q_mvar[brs]
+            shed += r.shed_p_mw
+            statuses.append(r.status)
+            active += list(r.active)
+            viol = {k: max(viol[k], r.violation[k]) for k in viol}
+        vm[f.root_bus] = snap.v_root_pu
+        status = max(statuses)
+        safe = Action(pv_p_mw=p_safe, pv_q_mvar=q_safe, cap_step=cap_safe, ess_p_mw=e_safe)
+        corr = float(np.sqrt(sum(r.correction_norm**2 for r in subs)))
+        return ProjectionResult(
+            action=safe, status=ProjectionStatus(status), vm_pu=vm, branch_p_mw=bp, branch_q_mvar=bq,
+            correction_norm=corr, active=tuple(active), violation=viol, shed_p_mw=shed,
+            energy_not_supplied_mwh=float(shed.sum() * snap.dt_h), objective=float(sum(r.objective for r in subs)),
+            iterations=sum(r.iterations for r in subs), n_solves=sum(r.n_solves for r in subs),
+            solver=",".join(sorted({r.solver for r in subs if r.solver})), info={"zones": subs})
+
+
+@lru_cache(maxsize=16)
+def _cached_layer(feeder: Feeder, model: str) -> SafetyLayer:
+    return SafetyLayer(feeder, model=model)
+
+
+def project_action(action: Action, snapshot: Snapshot, *, feeder: Feeder, model: str = "lindistflow",
+                   certify_ac: bool = False) -> ProjectionResult:
+    """One-call form of :meth:`SafetyLayer.project` with default options.
+
+    The layer is built on the first call for a (feeder, model) pair and reused afterwards,
+    so calling this in a loop does not rebuild the problem.
+    """
+    if model not in FORMULATIONS:
+        raise InputError(f"expected one of {sorted(FORMULATIONS)}, got {model!r}", "model")
+    return _cached_layer(feeder, model).project(action, snapshot, certify_ac=certify_ac)

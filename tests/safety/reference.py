@@ -1,0 +1,172 @@
+"""Independent references for the safety-layer tests.
+
+Written from the feeder's tables directly (an explicit walk up the tree), in the dense
+affine form, so they share no code with the layer's sparse DistFlow programs.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import cvxpy as cp
+import numpy as np
+
+
+def path_sets(feeder):
+    """For each bus, the list of in-service branches on its path to the root."""
+    rs = feeder.radial
+    paths = []
+    for j in range(feeder.n_bus):
+        p, i = [], j
+        while rs.parent[i] >= 0:
+            p.append(int(rs.parent_branch[i]))
+            i = int(rs.parent[i])
+        paths.append(p)
+    return paths
+
+
+def lindistflow_matrices(feeder):
+    """``w = v0^2 + R @ p_inj + X @ q_inj`` (MW, MVAr; sn = 1 MVA) and branch flow
+    ``P = F @ (-p_inj)`` from the definitions: R[j, k] = 2 sum of r over shared path."""
+    n, nb = feeder.n_bus, feeder.n_branch
+    vn = feeder.bus.vn_kv
+    br = feeder.branch
+    r = br.r_ohm / vn[br.to_bus] ** 2
+    x = br.x_ohm / vn[br.to_bus] ** 2
+    paths = [set(p) for p in path_sets(feeder)]
+    R, X = np.zeros((n, n)), np.zeros((n, n))
+    for j in range(n):
+        for k in range(n):
+            shared = list(paths[j] & paths[k])
+            R[j, k] = 2 * r[shared].sum()
+            X[j, k] = 2 * x[shared].sum()
+    F = np.zeros((nb, n))  # F[b, k] = 1 iff bus k is downstream of branch b
+    for k in range(n):
+        for b in paths[k]:
+            F[b, k] = 1.0
+    # constant line charging at 1 pu (half at each end of every in-service branch)
+    bsh = np.zeros(n)
+    on = br.in_service
+    half = 0.5 * br.b_us[on] * 1e-6 * vn[br.to_bus[on]] ** 2
+    np.add.at(bsh, br.from_bus[on], half)
+    np.add.at(bsh, br.to_bus[on], half)
+    return R, X, F, bsh
+
+
+def model_state(feeder, snap, act, mats=None):
+    """LinDistFlow squared voltages (n_bus,) and branch flows (MW, MVAr) of an action."""
+    R, X, F, bsh = mats if mats is not None else lindistflow_matrices(feeder)
+    p = -np.asarray(snap.load_p_mw, float).copy()
+    q = -np.asarray(snap.load_q_mvar, float).copy() + bsh
+    np.add.at(p, feeder.pv.bus, act.pv_p_mw)
+    np.add.at(q, feeder.pv.bus, act.pv_q_mvar)
+    if feeder.n_ess and act.ess_p_mw is not None:
+        np.add.at(p, feeder.ess.bus, act.ess_p_mw)
+    if feeder.n_cap:
+        steps = act.cap_step if act.cap_step is not None else feeder.cap.step_init
+        np.add.at(q, feeder.cap.bus, np.asarray(steps) * feeder.cap.q_step_mvar)
+    w = snap.v_root_pu**2 + R @ p + X @ q
+    return w, F @ (-p), F @ (-q)
+
+
+def violations(feeder, snap, act, mats=None):
+    """(voltage violation in squared-voltage pu, thermal violation in MVA), model-based."""
+    w, P, Q = model_state(feeder, snap, act, mats)
+    vmin, vmax = feeder.bus.vm_min_pu**2, feeder.bus.vm_max_pu**2
+    nonroot = np.arange(feeder.n_bus) != feeder.root_bus
+    vv = max(np.maximum(w - vmax, 0)[nonroot].max(), np.maximum(vmin - w, 0)[nonroot].max())
+    on = feeder.branch.in_service
+    smax = np.sqrt(3) * feeder.bus.vn_kv[feeder.branch.to_bus] * feeder.branch.i_max_ka
+    vs = np.maximum(np.hypot(P, Q) - smax, 0)[on].max()
+    return float(vv), float(vs)
+
+
+def device_violation(feeder, snap, act):
+    pv = feeder.pv
+    p, q = act.pv_p_mw, act.pv_q_mvar
+    v = [np.maximum(p * p + q * q - pv.s_mva**2, 0).max(initial=0), np.maximum(-p, 0).max(initial=0),
+         np.maximum(p - snap.pv_avail_mw, 0).max(initial=0)]
+    return float(max(v))
+
+
+def reference_projection(feeder, snap, raw, cap_weight=1.0, mats=None):
+    """The projection written plainly in CVXPY (dense affine LinDistFlow, Clarabel),
+    capacitor steps by full enumeration. Ramp limits as documented: the box around the
+    previous set-point, never forcing P above the available power.
+
+    Returns:
+        (objective, pv_p, pv_q, cap_step) of the best combination, or None if infeasible.
+    """
+    R, X, F, bsh = mats if mats is not None else lindistflow_matrices(feeder)
+    pv = feeder.pv
+    n = feeder.n_bus
+    p = cp.Variable(pv.bus.size)
+    q = cp.Variable(pv.bus.size)
+    Bpv = np.zeros((n, pv.bus.size))
+    Bpv[pv.bus, np.arange(pv.bus.size)] = 1
+    p0 = -np.asarray(snap.load_p_mw, float)
+    q0 = -np.asarray(snap.load_q_mvar, float) + bsh
+    on = feeder.branch.in_service
+    smax = (np.sqrt(3) * feeder.bus.vn_kv[feeder.branch.to_bus] * feeder.branch.i_max_ka)[on]
+    nonroot = np.arange(n) != feeder.root_bus
+    best = None
+    steps = [range(int(k) + 1) for k in feeder.cap.n_steps]
+    for combo in itertools.product(*steps):
+        qc = q0.copy()
+        np.add.at(qc, feeder.cap.bus, np.asarray(combo) * feeder.cap.q_step_mvar)
+        pin = p0 + Bpv @ p
+        qin = qc + Bpv @ q
+        w = snap.v_root_pu**2 + R @ pin + X @ qin
+        P, Q = (F @ (-pin))[on], (F @ (-qin))[on]
+        hi = np.minimum(snap.pv_avail_mw, pv.s_mva)
+        lo = np.zeros_like(hi)
+        cons = []
+        if snap.prev is not None:
+            m = 60 * snap.dt_h
+            hi = np.minimum(hi, snap.prev.pv_p_mw + pv.ramp_p_pu_per_min * pv.s_mva * m)
+            lo = np.minimum(np.maximum(lo, snap.prev.pv_p_mw - pv.ramp_p_pu_per_min * pv.s_mva * m), hi)
+            cons += [cp.abs(q - snap.prev.pv_q_mvar) <= pv.ramp_q_pu_per_min * pv.s_mva * m]
+        cons += [p >= lo, p <= hi, cp.square(p) + cp.square(q) <= pv.s_mva**2,
+                w[nonroot] <= feeder.bus.vm_max_pu[nonroot] ** 2, w[nonroot] >= feeder.bus.vm_min_pu[nonroot] ** 2,
+                cp.square(P) + cp.square(Q) <= smax**2]
+        cap_cost = cap_weight * float(np.sum((feeder.cap.q_step_mvar * (np.asarray(combo) - raw.cap_step)) ** 2)) \
+            if feeder.n_cap else 0.0
+        prob = cp.Problem(cp.Minimize(cp.sum_squares(p - raw.pv_p_mw) + cp.sum_squares(q - raw.pv_q_mvar)), cons)
+        prob.solve(solver="CLARABEL")
+        if prob.status == cp.OPTIMAL:
+            tot = prob.value + cap_cost
+            if best is None or tot < best[0]:
+                best = (tot, p.value.copy(), q.value.copy(), np.asarray(combo))
+    return best
+
+
+def reference_min_violation(feeder, snap, mats=None):
+    """Least total violation (sum over buses of squared-voltage excess, plus sum over branches
+    of apparent-power excess in MVA) over all device-feasible set-points and capacitor steps,
+    written plainly in CVXPY. No shedding."""
+    R, X, F, bsh = mats if mats is not None else lindistflow_matrices(feeder)
+    pv = feeder.pv
+    n = feeder.n_bus
+    p = cp.Variable(pv.bus.size)
+    q = cp.Variable(pv.bus.size)
+    Bpv = np.zeros((n, pv.bus.size))
+    Bpv[pv.bus, np.arange(pv.bus.size)] = 1
+    on = feeder.branch.in_service
+    smax = (np.sqrt(3) * feeder.bus.vn_kv[feeder.branch.to_bus] * feeder.branch.i_max_ka)[on]
+    nonroot = np.arange(n) != feeder.root_bus
+    best = np.inf
+    for combo in itertools.product(*[range(int(k) + 1) for k in feeder.cap.n_steps]):
+        qc = -np.asarray(snap.load_q_mvar, float) + bsh
+        np.add.at(qc, feeder.cap.bus, np.asarray(combo) * feeder.cap.q_step_mvar)
+        pin = -np.asarray(snap.load_p_mw, float) + Bpv @ p
+        qin = qc + Bpv @ q
+        w = (snap.v_root_pu**2 + R @ pin + X @ qin)[nonroot]
+        P, Q = (F @ (-pin))[on], (F @ (-qin))[on]
+        vmax2, vmin2 = feeder.bus.vm_max_pu[nonroot] ** 2, feeder.bus.vm_min_pu[nonroot] ** 2
+        viol = (cp.sum(cp.pos(w - vmax2)) + cp.sum(cp.pos(vmin2 - w))
+                + cp.sum(cp.pos(cp.norm(cp.vstack([P, Q]), axis=0) - smax)))
+        cons = [p >= 0, p <= snap.pv_avail_mw, cp.square(p) + cp.square(q) <= pv.s_mva**2]
+        prob = cp.Problem(cp.Minimize(viol), cons)
+        prob.solve(solver="CLARABEL")
+        best = min(best, prob.value)
+    return best

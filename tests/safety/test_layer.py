@@ -1,0 +1,234 @@
+"""SafetyLayer against an independent CVXPY + Clarabel projection, and its properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import safedispatch as sd
+from safedispatch import ProjectionStatus as PS
+from tests.safety.reference import (
+    device_violation,
+    lindistflow_matrices,
+    model_state,
+    reference_min_violation,
+    reference_projection,
+    violations,
+)
+
+CASES = ["ieee33-paperB-4", "ieee33-paperB", "ieee33-paperC"]
+
+
+@pytest.fixture(scope="module")
+def layers():
+    return {c: sd.SafetyLayer(sd.load_case(c)) for c in CASES}
+
+
+@pytest.fixture(scope="module")
+def mats():
+    return {c: lindistflow_matrices(sd.load_case(c)) for c in CASES}
+
+
+def random_snapshot(f, rng, ramp=False):
+    snap = sd.Snapshot.nominal(f, load=rng.uniform(0.2, 1.2), pv=0.0)
+    lp = snap.load_p_mw * rng.uniform(0.7, 1.3, f.n_bus)
+    avail = f.pv.p_max_mw * rng.uniform(0, 1, f.n_pv)
+    prev = None
+    if ramp:
+        pp_ = np.minimum(avail * rng.uniform(0.5, 1.0, f.n_pv), f.pv.s_mva)
+        qmax = np.sqrt(f.pv.s_mva**2 - pp_**2)
+        prev = sd.Action(pv_p_mw=pp_, pv_q_mvar=qmax * rng.uniform(-1, 1, f.n_pv),
+                         cap_step=rng.integers(0, f.cap.n_steps + 1) if f.n_cap else None)
+    return snap.replace(load_p_mw=lp, pv_avail_mw=avail, prev=prev, dt_h=5 / 60)
+
+
+def random_action(f, rng):
+    s = f.pv.s_mva
+    return sd.Action(pv_p_mw=s * rng.uniform(-0.1, 1.2, f.n_pv), pv_q_mvar=s * rng.uniform(-1.2, 1.2, f.n_pv),
+                     cap_step=rng.integers(0, f.cap.n_steps + 1) if f.n_cap else None)
+
+
+@pytest.mark.parametrize("case,n", [("ieee33-paperB-4", 120), ("ieee33-paperB", 60), ("ieee33-paperC", 80)])
+def test_matches_independent_clarabel_projection(case, n, layers, mats):
+    f = sd.load_case(case)
+    layer = layers[case]
+    rng = np.random.default_rng(7)
+    seen = {s: 0 for s in PS}
+    for k in range(n):
+        snap = random_snapshot(f, rng, ramp=k % 3 == 0)
+        raw = random_action(f, rng)
+        res = layer.project(raw, snap)
+        seen[res.status] += 1
+        ref = reference_projection(f, snap.checked(f), raw.checked(f), mats=mats[case])
+        if ref is None:
+            assert res.status == PS.INFEASIBLE
+            continue
+        assert res.status in (PS.PROJECTED, PS.UNCHANGED)
+        a = res.action
+        vv, vs = violations(f, snap, a, mats[case])
+        assert vv <= 1e-6 and vs <= 1e-6, (vv, vs)
+        assert device_violation(f, snap, a) <= 1e-9
+        ours = res.objective + (layer.cap_weight * float(np.sum((f.cap.q_step_mvar * (a.cap_step - raw.cap_step)) ** 2))
+                                if f.n_cap else 0.0)
+        assert ours == pytest.approx(ref[0], rel=1e-5, abs=1e-7), (k, ours, ref[0])
+        # the distance is also what the result reports
+        assert res.correction_norm**2 == pytest.approx(ours, rel=1e-9, abs=1e-12)
+    assert seen[PS.PROJECTED] > n // 3  # the test exercises real projections
+
+
+def test_feasible_raw_action_comes_back_unchanged_and_projection_is_idempotent(layers):
+    f = sd.load_case("ieee33-paperB-4")
+    layer = layers["ieee33-paperB-4"]
+    snap = sd.Snapshot.nominal(f, load=0.6, pv=0.3)
+    raw = sd.Action(pv_p_mw=0.2 * f.pv.p_max_mw, pv_q_mvar=np.zeros(4))
+    res = layer.project(raw, snap)
+    assert res.status == PS.UNCHANGED and res.correction_norm == 0.0 and res.n_solves == 0
+    np.testing.assert_array_equal(res.action.pv_p_mw, raw.pv_p_mw)
+    far = sd.Action(pv_p_mw=f.pv.s_mva * 1.5, pv_q_mvar=f.pv.s_mva)
+    r1 = layer.project(far, snap.replace(pv_avail_mw=f.pv.p_max_mw))
+    assert r1.status == PS.PROJECTED
+    r2 = layer.project(r1.action, snap.replace(pv_avail_mw=f.pv.p_max_mw))
+    assert r2.status == PS.UNCHANGED
+    np.testing.assert_array_equal(r2.action.pv_p_mw, r1.action.pv_p_mw)
+
+
+def test_reverse_flow_case_curtails_and_reports_active_limits(layers):
+    f = sd.load_case("ieee33-paperB")
+    snap = sd.Snapshot.nominal(f, load=0.3, pv=1.0)
+    raw = sd.Action(pv_p_mw=f.pv.p_max_mw.copy(), pv_q_mvar=np.zeros(f.n_pv))
+    res = layers["ieee33-paperB"].project(raw, snap)
+    assert res.status == PS.PROJECTED
+    assert res.action.pv_p_mw.sum() < raw.pv_p_mw.sum()
+    assert any(a.startswith("vmax") or a.startswith("thermal") for a in res.active)
+    assert res.vm_pu.max() <= 1.05 + 1e-7
+
+
+def test_infeasible_snapshot_returns_least_violating_point():
+    f = sd.load_case("ieee33-paperC")
+    layer = sd.SafetyLayer(f)
+    snap = sd.Snapshot.nominal(f, load=2.6, pv=0.0)  # heavy load at night: voltage collapse region
+    raw = sd.Action(pv_p_mw=np.zeros(2), pv_q_mvar=np.zeros(2), cap_step=[0, 0])
+    res = layer.project(raw, snap)
+    assert res.status == PS.INFEASIBLE
+    assert res.violation["vm_pu"] > 0.01
+    assert np.isfinite(res.action.to_vector()).all() and np.isfinite(res.vm_pu).all()
+    assert res.energy_not_supplied_mwh == 0.0
+    # least violating: the total violation equals an independent minimisation of it
+    w, P, Q = model_state(f, snap, res.action)
+    nonroot = np.arange(f.n_bus) != f.root_bus
+    smax = np.sqrt(3) * f.bus.vn_kv[f.branch.to_bus] * f.branch.i_max_ka
+    total = (np.maximum(w - f.bus.vm_max_pu**2, 0)[nonroot].sum() + np.maximum(f.bus.vm_min_pu**2 - w, 0)[nonroot].sum()
+             + np.maximum(np.hypot(P, Q) - smax, 0)[f.branch.in_service].sum())
+    assert total == pytest.approx(reference_min_violation(f, snap.checked(f)), rel=1e-5)
+    # the reported violation is what the model predicts at the returned action
+    vv, vs = violations(f, snap, res.action)
+    assert res.violation["thermal_mva"] == pytest.approx(vs, rel=1e-6)
+
+
+def test_sheddable_load_is_shed_only_as_last_resort():
+    f = sd.load_case("ieee33-zones")
+    layer = sd.SafetyLayer(f)
+    raw = sd.Action(pv_p_mw=np.zeros(4), pv_q_mvar=np.zeros(4), ess_p_mw=np.zeros(4))
+    easy = layer.project(raw, sd.Snapshot.nominal(f, load=1.0, pv=0.0))
+    assert easy.status == PS.PROJECTED and easy.energy_not_supplied_mwh == 0.0
+    snap = sd.Snapshot.nominal(f, load=2.2, pv=0.0)
+    res = layer.project(raw, snap)
+    assert res.status == PS.PROJECTED  # feasible thanks to shedding
+    assert res.energy_not_supplied_mwh > 0
+    assert res.energy_not_supplied_mwh == pytest.approx(res.shed_p_mw.sum() * snap.dt_h)
+    assert res.violation == {"vm_pu": 0.0, "thermal_mva": 0.0} or max(res.violation.values()) < 1e-7
+    # storage discharges before load is shed
+    assert (res.action.ess_p_mw > 0).all()
+
+
+@pytest.mark.parametrize("make,field", [
+    (lambda f: (sd.Action(pv_p_mw=np.zeros(3), pv_q_mvar=np.zeros(4)), sd.Snapshot.nominal(f)), "action.pv_p_mw"),
+    (lambda f: (sd.Action(pv_p_mw=np.full(4, np.nan), pv_q_mvar=np.zeros(4)), sd.Snapshot.nominal(f)),
+     "action.pv_p_mw"),
+    (lambda f: (sd.Action(pv_p_mw=np.zeros(4), pv_q_mvar=np.full(4, np.inf)), sd.Snapshot.nominal(f)),
+     "action.pv_q_mvar"),
+    (lambda f: (sd.Action(pv_p_mw=np.zeros(4), pv_q_mvar=np.zeros(4)),
+                sd.Snapshot.nominal(f).replace(load_p_mw=np.zeros(5))), "snapshot.load_p_mw"),
+    (lambda f: (sd.Action(pv_p_mw=np.zeros(4), pv_q_mvar=np.zeros(4)),
+                sd.Snapshot.nominal(f).replace(pv_avail_mw=f.pv.p_max_mw * 2)), "snapshot.pv_avail_mw"),
+    (lambda f: (sd.Action(pv_p_mw=np.zeros(4), pv_q_mvar=np.zeros(4)),
+                sd.Snapshot.nominal(f).replace(v_root_pu=float("nan"))), "snapshot.v_root_pu"),
+    (lambda f: (sd.Action(pv_p_mw=np.zeros(4), pv_q_mvar=np.zeros(4)),
+                sd.Snapshot.nominal(f).replace(dt_h=0)), "snapshot.dt_h"),
+    (lambda f: (sd.Action(pv_p_mw=np.zeros(4), pv_q_mvar=np.zeros(4)),
+                sd.Snapshot.nominal(f).replace(prev=sd.Action(pv_p_mw=f.pv.s_mva * 2, pv_q_mvar=np.zeros(4)))),
+     "snapshot.prev"),
+])
+def test_bad_input_raises_typed_error(make, field, layers):
+    f = sd.load_case("ieee33-paperB-4")
+    act, snap = make(f)
+    with pytest.raises(sd.InputError) as ei:
+        layers["ieee33-paperB-4"].project(act, snap)
+    assert ei.value.field == field and isinstance(ei.value, ValueError)
+
+
+def test_bad_layer_options():
+    f = sd.load_case("ieee33-paperB-4")
+    with pytest.raises(sd.InputError, match="model"):
+        sd.SafetyLayer(f, model="acopf")
+    with pytest.raises(sd.InputError, match="weights_pv"):
+        sd.SafetyLayer(f, weights_pv=[1, 1, 0, 1])
+    with pytest.raises(sd.InputError, match="pv_error_sd_mw"):
+        sd.SafetyLayer(f, pv_error_sd_mw=[0.1, np.nan, 0, 0])
+
+
+# ---- property tests ----------------------------------------------------------------------
+
+F4 = sd.load_case("ieee33-paperB-4")
+LAYER4 = sd.SafetyLayer(F4)
+MATS4 = lindistflow_matrices(F4)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(load=st.floats(0.1, 1.3), pv=st.floats(0.0, 1.0), p=st.lists(st.floats(-2, 6), min_size=4, max_size=4),
+       q=st.lists(st.floats(-6, 6), min_size=4, max_size=4))
+def test_property_output_feasible_finite_and_idempotent(load, pv, p, q):
+    snap = sd.Snapshot.nominal(F4, load=load, pv=pv)
+    raw = sd.Action(pv_p_mw=np.array(p), pv_q_mvar=np.array(q))
+    res = LAYER4.project(raw, snap)
+    x = res.action.to_vector()
+    assert np.isfinite(x).all() and np.isfinite(res.vm_pu).all()
+    if res.status in (PS.PROJECTED, PS.UNCHANGED):
+        vv, vs = violations(F4, snap, res.action, MATS4)
+        assert vv <= 1e-6 and vs <= 1e-6
+        assert device_violation(F4, snap, res.action) <= 1e-9
+        again = LAYER4.project(res.action, snap)
+        assert again.status == PS.UNCHANGED
+        np.testing.assert_array_equal(again.action.to_vector(), x)
+    else:
+        assert res.status == PS.INFEASIBLE and res.violation["vm_pu"] + res.violation["thermal_mva"] > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(load=st.floats(0.2, 1.2), pv=st.floats(0.0, 1.0), frac=st.lists(st.floats(0, 1), min_size=8, max_size=8))
+def test_property_feasible_raw_is_unchanged(load, pv, frac):
+    snap = sd.Snapshot.nominal(F4, load=load, pv=pv)
+    f = np.array(frac)
+    p = f[:4] * snap.pv_avail_mw
+    q = (2 * f[4:] - 1) * np.sqrt(F4.pv.s_mva**2 - p**2)
+    raw = sd.Action(pv_p_mw=p, pv_q_mvar=q)
+    vv, vs = violations(F4, snap, raw, MATS4)
+    res = LAYER4.project(raw, snap)
+    if vv <= 0 and vs <= 0:
+        assert res.status == PS.UNCHANGED
+        np.testing.assert_array_equal(res.action.to_vector(), raw.to_vector())
+    elif vv > 1e-6 or vs > 1e-6:
+        assert res.status != PS.UNCHANGED
+
+
+def test_project_action_one_call_and_vector_form():
+    snap = sd.Snapshot.nominal(F4, load=0.3, pv=1.0)
+    raw = sd.Action(pv_p_mw=F4.pv.p_max_mw.copy(), pv_q_mvar=np.zeros(4))
+    r1 = sd.project_action(raw, snap, feeder=F4)
+    x, r2 = LAYER4.project_vector(raw.to_vector(), snap)
+    np.testing.assert_allclose(r1.action.to_vector(), x, atol=1e-7)
+    assert x.shape == (8,)
+    with pytest.raises(sd.InputError, match="x"):
+        LAYER4.project_vector(np.zeros(7), snap)
