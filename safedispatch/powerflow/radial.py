@@ -207,12 +207,11 @@ def run_powerflow(feeder: Feeder, p_mw, q_mvar, *, v_root_pu=None, shunt_q_mvar=
         bx = np.zeros((1, n)) if b is None else np.ascontiguousarray((b / sn).reshape(-1, n), dtype=np.float64)
         v0c = np.ascontiguousarray(np.broadcast_to(v0, (K,)), dtype=np.complex128)
         r = sweep_numba.solve(m, s, bx, v0c, tol_pu, int(max_iter), feeder.n_branch, sn)
-        v, t, fl = r["v"], r["totals"], r["flows"]
+        t, fl = r["totals"], r["flows"]
         out = PowerFlowResult(
-            vm_pu=np.abs(v), va_degree=np.angle(v, deg=True), i_ka=r["i_ka"], loading=r["loading"],
-            p_from_mw=fl[0], q_from_mvar=fl[1], p_to_mw=fl[2], q_to_mvar=fl[3], p_loss_mw=t[0], q_loss_mvar=t[1],
-            p_slack_mw=t[2], q_slack_mvar=t[3], converged=r["status"] == CONVERGED, iterations=r["iters"],
-            status=r["status"])
+            vm_pu=r["vm"], va_degree=r["va"], i_ka=r["i_ka"], loading=r["loading"], p_from_mw=fl[0], q_from_mvar=fl[1],
+            p_to_mw=fl[2], q_to_mvar=fl[3], p_loss_mw=t[0], q_loss_mvar=t[1], p_slack_mw=t[2], q_slack_mvar=t[3],
+            converged=r["status"] == CONVERGED, iterations=r["iters"], status=r["status"])
     if not batched:
         out = PowerFlowResult(**{k: getattr(out, k)[0] for k in out.__dataclass_fields__})
     return out

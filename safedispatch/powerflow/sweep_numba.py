@@ -98,32 +98,37 @@ def _sweep_one(order, parent, z, y, s, b_extra, v0, tol, max_iter, v, j):
 _sweep_one_jit = njit(cache=True, nogil=True)(_sweep_one)
 
 
-def _flows_one(v, j, s, b_extra, child, par, yh, fwd, ib, imax, on, sn, i_ka, loading, flows, out):
-    """Branch currents and flows, losses and slack supply of one solved sample.
+def _flows_one(v, j, s, b_extra, child, par, yh, fwd, ib, imax, on, sn, vm, va, i_ka, loading, flows, totals, k):
+    """Bus voltages, branch currents and flows, losses and slack supply of solved sample k.
 
-    ``flows`` (4, n_branch) receives [p_from, q_from, p_to, q_to]; ``out`` receives
-    [p_loss, q_loss, p_slack, q_slack]; branch arrays are indexed by ``on``.
+    Writes ``vm[k], va[k]`` (n,), ``i_ka[k], loading[k]`` (n_branch,), ``flows[:, k]`` =
+    [p_from, q_from, p_to, q_to] and ``totals[:, k]`` = [p_loss, q_loss, p_slack, q_slack];
+    branch arrays are indexed by ``on``.
     """
+    deg = 180.0 / np.pi
+    for b in range(v.shape[0]):
+        vm[k, b] = abs(v[b])
+        va[k, b] = np.arctan2(v[b].imag, v[b].real) * deg
     lr = 0.0
     li = 0.0
-    for k in range(child.shape[0]):
-        c, p = child[k], par[k]
-        ip = j[c] + yh[k] * v[p]  # entering the branch upstream
-        ic = j[c] - yh[k] * v[c]  # leaving it downstream
+    for m in range(child.shape[0]):
+        c, p = child[m], par[m]
+        ip = j[c] + yh[m] * v[p]  # entering the branch upstream
+        ic = j[c] - yh[m] * v[c]  # leaving it downstream
         sp_ = v[p] * np.conj(ip) * sn
         sc_ = -v[c] * np.conj(ic) * sn
         a = max(abs(ip) * ib[p], abs(ic) * ib[c])
-        b = on[k]
-        i_ka[b] = a
-        loading[b] = a / imax[b]
-        if not fwd[k]:
-            sp_, sc_ = sc_, sp_
-        flows[0, b] = sp_.real
-        flows[1, b] = sp_.imag
-        flows[2, b] = sc_.real
-        flows[3, b] = sc_.imag
+        b = on[m]
+        i_ka[k, b] = a
+        loading[k, b] = a / imax[b]
         lr += sp_.real + sc_.real
         li += sp_.imag + sc_.imag
+        if not fwd[m]:
+            sp_, sc_ = sc_, sp_
+        flows[0, k, b] = sp_.real
+        flows[1, k, b] = sp_.imag
+        flows[2, k, b] = sc_.real
+        flows[3, k, b] = sc_.imag
     # slack supply = losses + shunt consumption - injections
     pr = lr
     qr = li
@@ -132,29 +137,50 @@ def _flows_one(v, j, s, b_extra, child, par, yh, fwd, ib, imax, on, sn, i_ka, lo
         qr -= b_extra[b] * sn * m2
         pr -= s[b].real * sn
         qr -= s[b].imag * sn
-    out[0] = lr
-    out[1] = li
-    out[2] = pr
-    out[3] = qr
+    totals[0, k] = lr
+    totals[1, k] = li
+    totals[2, k] = pr
+    totals[3, k] = qr
 
 
 _flows_one_jit = njit(cache=True, nogil=True)(_flows_one)
 
 
-def _sweep_batch(order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
-                 v, j, iters, status, i_ka, loading, flows, totals):
-    kb = b_extra.shape[0]
-    for k in prange(s.shape[0]):
-        bx = b_extra[min(k, kb - 1)]
-        it, st = _sweep_one_jit(order, parent, z, y, s[k], bx, v0[k], tol, max_iter, v[k], j[k])
-        iters[k] = it
-        status[k] = st
-        _flows_one_jit(v[k], j[k], s[k], bx, child, par, yh, fwd, ib, imax, on, sn, i_ka[k], loading[k],
-                       flows[:, k], totals[:, k])
+def _sample(k, order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
+            iters, status, vm, va, i_ka, loading, flows, totals):
+    """Solve sample k and write its outputs (scratch voltages and currents are per sample)."""
+    n = order.shape[0]
+    v = np.empty(n, dtype=np.complex128)
+    j = np.zeros(n, dtype=np.complex128)
+    bx = b_extra[min(k, b_extra.shape[0] - 1)]
+    it, st = _sweep_one_jit(order, parent, z, y, s[k], bx, v0[k], tol, max_iter, v, j)
+    iters[k] = it
+    status[k] = st
+    _flows_one_jit(v, j, s[k], bx, child, par, yh, fwd, ib, imax, on, sn, vm, va, i_ka, loading, flows, totals, k)
 
 
-_sweep_serial = njit(cache=True, nogil=True)(_sweep_batch)
-_sweep_parallel = njit(cache=True, nogil=True, parallel=True)(_sweep_batch)
+_sample_jit = njit(cache=True, nogil=True)(_sample)
+
+
+# Two separate Python functions, not one jitted twice: numba's cache key ignores
+# ``parallel=``, so a shared function would load the serial machine code for both.
+def _batch_serial(order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
+                  iters, status, vm, va, i_ka, loading, flows, totals):
+    for k in range(s.shape[0]):
+        _sample_jit(k, order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
+                    iters, status, vm, va, i_ka, loading, flows, totals)
+
+
+def _batch_parallel(order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
+                    iters, status, vm, va, i_ka, loading, flows, totals):
+    for kk in prange(s.shape[0]):
+        k = np.int64(kk)  # prange's index is unsigned; keep index arithmetic in int64
+        _sample_jit(k, order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
+                    iters, status, vm, va, i_ka, loading, flows, totals)
+
+
+_sweep_serial = njit(cache=True, nogil=True)(_batch_serial)
+_sweep_parallel = njit(cache=True, nogil=True, parallel=True)(_batch_parallel)
 
 #: below this batch size the thread pool costs more than it saves
 PARALLEL_MIN_BATCH = 64
@@ -174,17 +200,16 @@ def solve(m, s, b_extra, v0, tol, max_iter, n_branch, sn):
         sn: base power (MVA).
 
     Returns:
-        dict of arrays: v, j (K, n) complex; iters (K,), status (K,) int8; i_ka, loading
-        (K, n_branch); flows (4, K, n_branch) = [p_from, q_from, p_to, q_to] (MW, MVAr);
-        totals (4, K) = [p_loss, q_loss, p_slack, q_slack].
+        dict of arrays: vm, va (K, n) (pu, degrees); iters (K,) int64; status (K,) int8;
+        i_ka, loading (K, n_branch); flows (4, K, n_branch) = [p_from, q_from, p_to, q_to]
+        (MW, MVAr); totals (4, K) = [p_loss, q_loss, p_slack, q_slack].
     """
     K, n = s.shape
-    r = dict(v=np.empty((K, n), dtype=np.complex128), j=np.zeros((K, n), dtype=np.complex128),
-             iters=np.zeros(K, dtype=np.int64), status=np.zeros(K, dtype=np.int8),
-             i_ka=np.zeros((K, n_branch)), loading=np.zeros((K, n_branch)),
+    r = dict(vm=np.empty((K, n)), va=np.empty((K, n)), iters=np.zeros(K, dtype=np.int64),
+             status=np.zeros(K, dtype=np.int8), i_ka=np.zeros((K, n_branch)), loading=np.zeros((K, n_branch)),
              flows=np.zeros((4, K, n_branch)), totals=np.zeros((4, K)))
     fn = _sweep_parallel if K >= PARALLEL_MIN_BATCH else _sweep_serial
     fn(m.order, m.parent, m.z, m.y, s, b_extra, v0, float(tol), int(max_iter), m.child, m.par, m.yh,
-       m.from_is_parent, m.ibase_ka, m.i_max_ka, m.on, float(sn), r["v"], r["j"], r["iters"], r["status"],
+       m.from_is_parent, m.ibase_ka, m.i_max_ka, m.on, float(sn), r["iters"], r["status"], r["vm"], r["va"],
        r["i_ka"], r["loading"], r["flows"], r["totals"])
     return r
