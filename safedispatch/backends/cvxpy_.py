@@ -16,6 +16,14 @@ __all__ = ["CvxpyAlgebra", "DEFAULT_SOLVERS", "solve"]
 #: explicit default: Clarabel (interior point, exact cones), then ECOS, then SCS
 DEFAULT_SOLVERS = ("CLARABEL", "ECOS", "SCS")
 
+#: tighter than the solvers' defaults: a projection's distance is tiny next to its objective
+#: scale, and with default gap tolerances a variable sitting at a bound can be off by 1e-4
+DEFAULT_OPTIONS = {
+    "CLARABEL": dict(tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10, tol_ktratio=1e-8),
+    "ECOS": dict(abstol=1e-10, reltol=1e-10, feastol=1e-10),
+    "SCS": dict(eps_abs=1e-9, eps_rel=1e-9),
+}
+
 _STATUS = {
     cp.OPTIMAL: SolveStatus.OPTIMAL,
     cp.OPTIMAL_INACCURATE: SolveStatus.OPTIMAL_INACCURATE,
@@ -104,12 +112,18 @@ class CvxpyAlgebra:
         return cp.Problem(cp.Minimize(objective), cons)
 
 
-def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, **options) -> SolveResult:
+def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options=None) -> SolveResult:
     """Solve with the first solver that returns a usable status, falling back along ``solvers``.
 
     Solver exceptions are caught and recorded in ``info["errors"]``; a result without a
     solution has status INFEASIBLE, UNBOUNDED, LIMIT_REACHED or NUMERICAL_ERROR.
+
+    Args:
+        problem: The CVXPY problem.
+        solvers: Fallback chain, tried in order.
+        options: Per-solver keyword options (default :data:`DEFAULT_OPTIONS`).
     """
+    options = DEFAULT_OPTIONS if options is None else options
     errors, tried = {}, []
     t0 = time.perf_counter()
     status = SolveStatus.NOT_SOLVED

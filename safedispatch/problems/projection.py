@@ -96,10 +96,11 @@ class ProjectionProgram:
         soft: Build the soft variant (slacks on limits, load shedding).
         correction: Add the affine model correction ``w + d + Ep p_node + Eq q_node`` used by
             AC certification after re-linearisation.
+        loss_weight: SOCP only: objective weight on the (relaxed) losses ``sum r l`` in pu.
     """
 
     def __init__(self, alg, feeder: Feeder, mn: ModelNetwork, model: str, weights_pv, weights_ess,
-                 scr_min: float | None, soft: bool = False, correction: bool = False):
+                 scr_min: float | None, soft: bool = False, correction: bool = False, loss_weight: float = 0.0):
         self.alg, self.mn, self.model, self.soft, self.correction = alg, mn, model, soft, correction
         tree = mn.tree
         m = tree.n - 1
@@ -183,6 +184,10 @@ class ProjectionProgram:
                    + P("c_shed", 0.0, nonneg=True) * shed_total)
         else:
             obj = dist
+        if net.l is not None and loss_weight > 0:
+            # a small price on (possibly fictitious) losses tightens the relaxed cones; without
+            # it the projection is indifferent to l and returns inexact points
+            obj = obj + loss_weight * a.total(a.mul(tree.r_pu[1:], net.l))
         self.problem = a.problem(obj)
 
     def set_snapshot(self, feeder: Feeder, snap: Snapshot, bounds: DeviceBounds, raw_p, raw_q, raw_e, cap_node_q,

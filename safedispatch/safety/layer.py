@@ -139,6 +139,7 @@ class _Point:
     Q: np.ndarray
     objective: float = 0.0
     solver: str = ""
+    extra: dict = field(default_factory=dict)
 
 
 class _Model:
@@ -170,12 +171,14 @@ class _Model:
                 if np.isfinite(f.bus.s_sc_mva[b]):
                     self.weak.append((np.flatnonzero(f.pv.bus[mn.pv] == b), f.bus.s_sc_mva[b] / layer.scr_min))
 
-    def program(self, soft: bool = False, correction: bool = False) -> ProjectionProgram:
-        key = (soft, correction)
+    def program(self, soft: bool = False, correction: bool = False, model: str | None = None) -> ProjectionProgram:
+        L = self.layer
+        model = model or L.model
+        key = (soft, correction, model)
         if key not in self._programs:
-            L = self.layer
-            self._programs[key] = ProjectionProgram(cvxpy_.CvxpyAlgebra(), L.feeder, self.mn, L.model, L.weights_pv,
-                                                    L.weights_ess, L.scr_min, soft=soft, correction=correction)
+            self._programs[key] = ProjectionProgram(
+                cvxpy_.CvxpyAlgebra(), L.feeder, self.mn, model, L.weights_pv, L.weights_ess, L.scr_min, soft=soft,
+                correction=correction, loss_weight=L.socp_loss_weight if model == "socp" else 0.0)
         return self._programs[key]
 
     def base_limits(self) -> _Limits:
@@ -192,7 +195,12 @@ class SafetyLayer:
         zones: None for one whole-feeder model, or "feeder" to give every zone of
             ``feeder.zones`` its own local model (paper A): zone models are solved
             independently with boundary voltages and flows from an AC power flow at the
-            previous set-points (or the raw action when there are none).
+            previous set-points (or the raw action when there are none). Each zone's result
+            satisfies its local model for those boundary values; the combination is not
+            guaranteed feasible for the whole feeder (coordinate with the ADMM baseline, or
+            certify it). ``zone_rounds > 1`` repeats with damped boundary updates from the
+            combined result, a heuristic that is not guaranteed to settle (the history is in
+            ``result.info["zone_rounds"]``).
         weights_pv: ``(n_pv,)`` distance weights per inverter (same for P and Q); default 1.
         weights_ess: ``(n_ess,)`` distance weights per storage unit; default 1.
         cap_weight: Weight of a capacitor step change, per MVAr^2 of its change.
@@ -204,6 +212,10 @@ class SafetyLayer:
             ``z(confidence) * sd`` of the resulting voltage / flow error (paper B's chance
             constraint, Gaussian errors, LinDistFlow sensitivities).
         confidence: One-sided confidence level of the margin.
+        zone_rounds: Boundary-update rounds at most for ``zones="feeder"``.
+        socp_loss_weight: SOCP model only: weight (MW^2 per MW) of the relaxed losses added to
+            the distance, which drives the relaxation to be exact (tight cones); the relaxation
+            gap is reported in ``result.info``.
         solvers: Solver fallback chain for the convex solves.
 
     Raises:
@@ -212,7 +224,8 @@ class SafetyLayer:
 
     def __init__(self, feeder: Feeder, model: str = "lindistflow", zones=None, weights_pv=None, weights_ess=None,
                  cap_weight: float = 1.0, scr_min: float | None = None, pv_error_sd_mw=None,
-                 confidence: float = 0.95, solvers=cvxpy_.DEFAULT_SOLVERS):
+                 confidence: float = 0.95, socp_loss_weight: float = 1e-2, zone_rounds: int = 1,
+                 solvers=cvxpy_.DEFAULT_SOLVERS):
         if model not in FORMULATIONS:
             raise InputError(f"expected one of {sorted(FORMULATIONS)}, got {model!r}", "model")
         self.feeder, self.model = feeder, model
@@ -232,6 +245,9 @@ class SafetyLayer:
         if not 0.5 <= confidence < 1:
             raise InputError(f"expected a confidence in [0.5, 1), got {confidence}", "confidence")
         self.confidence = confidence
+        if not (np.isfinite(socp_loss_weight) and socp_loss_weight >= 0):
+            raise InputError(f"expected a finite weight >= 0, got {socp_loss_weight}", "socp_loss_weight")
+        self.socp_loss_weight = float(socp_loss_weight)
         self.solvers = tuple(solvers)
         if zones is None:
             self.models = [_Model(self, model_network(feeder))]
@@ -240,6 +256,9 @@ class SafetyLayer:
         else:
             raise InputError(f"expected None or 'feeder', got {zones!r}", "zones")
         self.zoned = zones is not None
+        if not (isinstance(zone_rounds, int) and zone_rounds >= 1):
+            raise InputError(f"expected an integer >= 1, got {zone_rounds!r}", "zone_rounds")
+        self.zone_rounds = zone_rounds
 
     @staticmethod
     def _positive(w, n, name):
@@ -292,16 +311,19 @@ class SafetyLayer:
 
     # ------------------------------------------------------------------------------------
     def _project_model(self, mod: _Model, act: Action, snap: Snapshot, lim: _Limits, boundary=None,
-                       w_source=None) -> ProjectionResult:
+                       w_source=None, model: str | None = None) -> ProjectionResult:
         f, mn = self.feeder, mod.mn
         bounds = device_bounds(f, mn, snap)
         rp, rq, re = act.pv_p_mw[mn.pv], act.pv_q_mvar[mn.pv], act.ess_p_mw[mn.ess]
         raw_cap = act.cap_step[mn.cap]
         ws = snap.v_root_pu**2 if w_source is None else w_source
-        ctx = dict(snap=snap, bounds=bounds, lim=lim, boundary=boundary, w_source=ws)
+        ctx = dict(snap=snap, bounds=bounds, lim=lim, boundary=boundary, w_source=ws, model=model or self.model)
         zero_shed = np.zeros(mn.tree.n - 1)
         # 1. the raw action may already be feasible
-        raw = self._evaluate(mod, rp, rq, re, raw_cap, zero_shed, ctx)
+        if ctx["model"] == "socp" and mn.zone is None and lim.d is None:
+            raw = self._ac_point(mod, act, rp, rq, re, raw_cap, ctx)
+        else:
+            raw = self._evaluate(mod, rp, rq, re, raw_cap, zero_shed, ctx)
         if raw is not None and self._device_feasible(mod, rp, rq, re, bounds) and self._network_violation(
                 mod, raw, lim)[2] <= FEAS_TOL:
             return self._result(mod, act, snap, raw, ProjectionStatus.UNCHANGED, ctx, stats=(0, 0, ""))
@@ -342,7 +364,7 @@ class SafetyLayer:
         solve (the relaxation's feasible set), None when that finds no state."""
         pi, qi = self._node_injection(mod, p, q, e, cap, shed, ctx)
         lim = ctx["lim"]
-        if self.model == "lindistflow":
+        if ctx["model"] == "lindistflow":
             w = ctx["w_source"] + mod.Rw @ pi + mod.Xw @ qi
             if lim.d is not None:
                 ctrl = self._ctrl_injection(mod, p, q, e)
@@ -350,7 +372,7 @@ class SafetyLayer:
             return _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=shed, w=w, P=-mod.S @ pi, Q=-mod.S @ qi)
         fixed = DeviceBounds(p_lo=p, p_hi=p, q_lo=q, q_hi=q, e_lo=e, e_hi=e)
         ctx2 = dict(ctx, bounds=fixed)
-        prog = mod.program(soft=True, correction=lim.d is not None)
+        prog = mod.program(soft=True, correction=lim.d is not None, model=ctx["model"])
         self._set(mod, prog, ctx2, p, q, e, cap)
         a = prog.alg
         a.set("shed_max", shed)
@@ -363,6 +385,26 @@ class SafetyLayer:
         if not r.status.has_solution:
             return None
         return _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=shed, w=self._w_eff(prog, r), P=r.x["P"], Q=r.x["Q"])
+
+    def _ac_point(self, mod: _Model, act: Action, p, q, e, cap, ctx) -> _Point | None:
+        """The AC power flow state at the raw action, as a point of the SOCP model (the AC
+        solution satisfies the relaxed equations with tight cones). The relaxation itself would
+        accept points the AC equations reject (fictitious losses), so UNCHANGED under the SOCP
+        model means AC-feasible."""
+        from safedispatch.powerflow import run_powerflow
+        from safedispatch.problems.types import net_injection
+
+        f, mn, snap = self.feeder, mod.mn, ctx["snap"]
+        pi, qi, sh = net_injection(f, snap, act)
+        pf = run_powerflow(f, pi, qi, v_root_pu=snap.v_root_pu, shunt_q_mvar=sh)
+        if not pf.converged:
+            return None
+        br = mn.tree.branch[1:]
+        fwd = f.radial.branch_from_is_parent[br]
+        P = np.where(fwd, pf.p_from_mw[br], pf.p_to_mw[br]) / mn.sn_mva
+        Q = np.where(fwd, pf.q_from_mvar[br], pf.q_to_mvar[br]) / mn.sn_mva
+        return _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=np.zeros(mn.tree.n - 1),
+                      w=pf.vm_pu[mn.tree.bus[1:]] ** 2, P=P, Q=Q)
 
     @staticmethod
     def _ctrl_injection(mod: _Model, p, q, e):
@@ -445,7 +487,7 @@ class SafetyLayer:
         return out
 
     def _solve_hard(self, mod: _Model, rp, rq, re, raw_cap, ctx):
-        prog = mod.program(correction=ctx["lim"].d is not None)
+        prog = mod.program(correction=ctx["lim"].d is not None, model=ctx["model"])
         best, best_total = None, np.inf
         iters = n = 0
         solver, failed = "", False
@@ -472,10 +514,11 @@ class SafetyLayer:
         if prog.soft:  # solver noise on the shed: within its bounds, exact zeros below 1e-9 pu
             shed = np.clip(shed, 0.0, prog.alg.params["shed_max"].value)
             shed = np.where(shed < 1e-9, 0.0, shed)
-        if self.model == "lindistflow":
+        if ctx["model"] == "lindistflow":
             pt = self._evaluate(mod, p, q, e, cap, shed, ctx)
         else:
             pt = _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=shed, w=self._w_eff(prog, r), P=r.x["P"], Q=r.x["Q"])
+            pt.extra = self._relaxation_gap(mod, r, ctx)
         wp = self.weights_pv[mod.mn.pv]
         we = self.weights_ess[mod.mn.ess]
         rp, rq = prog.alg.params["rp"].value, prog.alg.params["rq"].value
@@ -483,6 +526,17 @@ class SafetyLayer:
         pt.objective = float(np.sum(wp * ((p - rp) ** 2 + (q - rq) ** 2)) + np.sum(we * (e - re) ** 2))
         pt.solver = r.solver
         return pt
+
+    @staticmethod
+    def _relaxation_gap(mod: _Model, r, ctx) -> dict:
+        """SOCP exactness at a solution: the largest cone gap ``w_i l_ij - P^2 - Q^2`` (pu) and
+        the relaxed losses ``sum r l`` (MW)."""
+        tree = mod.mn.tree
+        w_all = np.r_[ctx["w_source"], r.x["w"]]
+        w_par = w_all[tree.parent[1:]]
+        gap = w_par * r.x["l"] - r.x["P"] ** 2 - r.x["Q"] ** 2
+        return {"socp_cone_gap": float(np.max(gap, initial=0.0)),
+                "socp_losses_mw": float(tree.r_pu[1:] @ r.x["l"] * mod.mn.sn_mva)}
 
     def _onto_devices(self, mod: _Model, p, q, e, b: DeviceBounds):
         """Move a solver answer (feasible to solver tolerance) exactly onto the device
@@ -517,7 +571,7 @@ class SafetyLayer:
         total violation, then the shed load, then the distance. Every capacitor step
         combination is tried and the lexicographically best kept."""
         mn = mod.mn
-        prog = mod.program(soft=True, correction=ctx["lim"].d is not None)
+        prog = mod.program(soft=True, correction=ctx["lim"].d is not None, model=ctx["model"])
         a = prog.alg
         snap = ctx["snap"]
         nodes = mn.tree.bus[1:]
@@ -614,7 +668,7 @@ class SafetyLayer:
             active=self._active(mod, pt, ctx), violation={"vm_pu": float(vv), "thermal_mva": float(vs * mn.sn_mva)},
             shed_p_mw=shed, energy_not_supplied_mwh=float(shed.sum() * snap.dt_h), objective=float(pt.objective),
             iterations=int(stats[1]), n_solves=int(stats[0]), solver=str(stats[2]),
-            info={"zone": mn.zone})
+            info={"zone": mn.zone, "model": ctx["model"], **pt.extra})
 
     def _active(self, mod: _Model, pt: _Point, ctx, tol: float = 1e-6) -> tuple:
         mn, lim, b = mod.mn, ctx["lim"], ctx["bounds"]
@@ -639,13 +693,34 @@ class SafetyLayer:
 
     # -- zones -------------------------------------------------------------------------------
     def _project_zones(self, act: Action, snap: Snapshot) -> ProjectionResult:
-        """Each zone's local model with boundary values from an AC power flow at the previous
-        set-points (or the raw action); the zone results are combined."""
+        """Each zone's local model (paper A) with boundary values (upstream voltage, flows into
+        downstream zones) from an AC power flow at an operating point: first the previous
+        set-points (or the raw action), then the combined result of the previous round, until
+        the combined action settles (``zone_rounds`` at most). Each round, every zone is
+        solved on its own."""
+        base = (snap.prev if snap.prev is not None else act).checked(self.feeder)
+        history = []
+        res = None
+        for _ in range(self.zone_rounds):
+            new = self._zones_once(act, snap, base)
+            change = np.inf if res is None else float(np.abs(new.action.to_vector() - res.action.to_vector()).max())
+            history.append({"status": int(new.status), "change": change})
+            res = new
+            if change <= 1e-6:
+                break
+            # damped boundary update: undamped (Jacobi) updates can cycle between a curtailed
+            # and an uncurtailed operating point
+            base = Action(pv_p_mw=0.5 * (base.pv_p_mw + new.action.pv_p_mw),
+                          pv_q_mvar=0.5 * (base.pv_q_mvar + new.action.pv_q_mvar), cap_step=new.action.cap_step,
+                          ess_p_mw=0.5 * (base.ess_p_mw + new.action.ess_p_mw))
+        res.info["zone_rounds"] = history
+        return res
+
+    def _zones_once(self, act: Action, snap: Snapshot, base: Action) -> ProjectionResult:
         from safedispatch.powerflow import run_powerflow
         from safedispatch.problems.types import net_injection
 
         f = self.feeder
-        base = snap.prev if snap.prev is not None else act
         p, q, sh = net_injection(f, snap, base)
         pf = run_powerflow(f, p, q, v_root_pu=snap.v_root_pu, shunt_q_mvar=sh)
         p_safe, q_safe, e_safe, cap_safe = (act.pv_p_mw.copy(), act.pv_q_mvar.copy(), act.ess_p_mw.copy(),
