@@ -223,7 +223,6 @@ def solve(model, time_limit_s: float | None = None, mip_gap: float = 1e-9) -> So
     """
     import pyomo.environ as pyo
     from pyomo.contrib.solver.common.results import SolutionStatus, TerminationCondition
-
     from pyomo.contrib.solver.solvers.highs import Highs
 
     opt = Highs()  # the new (persistent-capable) interface: results carry termination conditions
