@@ -97,10 +97,14 @@ class ProjectionProgram:
         correction: Add the affine model correction ``w + d + Ep p_node + Eq q_node`` used by
             AC certification after re-linearisation.
         loss_weight: SOCP only: objective weight on the (relaxed) losses ``sum r l`` in pu.
+        caps_relaxed: Capacitor steps as continuous variables in ``[c_lo, c_hi]`` (parameters)
+            with their distance ``cap_weight * sum (q_step (c - raw))^2`` in the objective: the
+            relaxation a branch and bound over steps solves at each node.
     """
 
     def __init__(self, alg, feeder: Feeder, mn: ModelNetwork, model: str, weights_pv, weights_ess,
-                 scr_min: float | None, soft: bool = False, correction: bool = False, loss_weight: float = 0.0):
+                 scr_min: float | None, soft: bool = False, correction: bool = False, loss_weight: float = 0.0,
+                 caps_relaxed: bool = False, cap_weight: float = 1.0):
         self.alg, self.mn, self.model, self.soft, self.correction = alg, mn, model, soft, correction
         tree = mn.tree
         m = tree.n - 1
@@ -136,6 +140,12 @@ class ProjectionProgram:
         sn = mn.sn_mva
         p_inj = a.matvec(Bpv / sn, self.p) + a.matvec(Bess / sn, self.e) - load_p
         q_inj = a.matvec(Bpv / sn, self.q) + cap_q - load_q + tree.b_pu[1:]
+        if caps_relaxed:
+            qs = feeder.cap.q_step_mvar[mn.cap]
+            self.c = a.var("cap", mn.cap.size)
+            a.le("c_lo", P("c_lo", np.zeros(mn.cap.size)), self.c)
+            a.le("c_hi", self.c, P("c_hi", np.zeros(mn.cap.size)))
+            q_inj = q_inj + a.matvec(mn.incidence(mn.cap_node) * qs / sn, self.c)
         if soft:
             self.shed = a.var("shed", m, lb=0.0)
             a.le("shed_max", self.shed, P("shed_max", np.zeros(m)))
@@ -172,6 +182,8 @@ class ProjectionProgram:
                 + a.sum_squares(a.mul(swp, self.q - P("rq", np.zeros(n_pv)))))
         if n_ess:
             dist = dist + a.sum_squares(a.mul(swe, self.e - P("re", np.zeros(n_ess))))
+        if caps_relaxed:
+            dist = dist + a.sum_squares(a.mul(np.sqrt(cap_weight) * qs, self.c - P("rc", np.zeros(mn.cap.size))))
         if soft:
             viol = a.total(self.sv_hi) + a.total(self.sv_lo) + a.total(self.ss)
             shed_total = a.total(self.shed)

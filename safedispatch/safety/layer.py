@@ -9,7 +9,9 @@ Outcomes (:class:`ProjectionStatus`):
 * UNCHANGED: the raw action already satisfies every device and model limit (checked
   directly, without a solver); it is returned as is.
 * PROJECTED: the returned action is the nearest feasible one (weighted Euclidean distance
-  in MW/MVAr; capacitor steps are chosen exactly by enumeration with pruning).
+  in MW/MVAr; capacitor steps are chosen exactly: by enumeration with pruning up to
+  ``MAX_CAP_COMBINATIONS`` combinations, by branch and bound on the convex relaxation
+  beyond).
 * INFEASIBLE: no set-point satisfies the limits. The returned action is the least-violating
   one (first minimise the total limit violation, then the load shed, then the distance) and
   ``result.violation`` states the remaining violation. Where the case declares sheddable load
@@ -48,8 +50,9 @@ __all__ = ["ProjectionResult", "ProjectionStatus", "SafetyLayer", "project_actio
 FEAS_TOL = 1e-7
 #: device tolerance: set-points are moved exactly onto device limits after a solve
 DEV_TOL = 1e-9
-#: largest number of capacitor step combinations enumerated (pruned by distance)
-MAX_CAP_COMBINATIONS = 4096
+#: largest number of capacitor step combinations enumerated (pruned by distance); above it
+#: the exact steps come from a branch and bound on the convex relaxation
+MAX_CAP_COMBINATIONS = 64
 
 
 class ProjectionStatus(IntEnum):
@@ -171,14 +174,16 @@ class _Model:
                 if np.isfinite(f.bus.s_sc_mva[b]):
                     self.weak.append((np.flatnonzero(f.pv.bus[mn.pv] == b), f.bus.s_sc_mva[b] / layer.scr_min))
 
-    def program(self, soft: bool = False, correction: bool = False, model: str | None = None) -> ProjectionProgram:
+    def program(self, soft: bool = False, correction: bool = False, model: str | None = None,
+                caps_relaxed: bool = False) -> ProjectionProgram:
         L = self.layer
         model = model or L.model
-        key = (soft, correction, model)
+        key = (soft, correction, model, caps_relaxed)
         if key not in self._programs:
             self._programs[key] = ProjectionProgram(
                 cvxpy_.CvxpyAlgebra(), L.feeder, self.mn, model, L.weights_pv, L.weights_ess, L.scr_min, soft=soft,
-                correction=correction, loss_weight=L.socp_loss_weight if model == "socp" else 0.0)
+                correction=correction, loss_weight=L.socp_loss_weight if model == "socp" else 0.0,
+                caps_relaxed=caps_relaxed, cap_weight=L.cap_weight)
         return self._programs[key]
 
     def base_limits(self) -> _Limits:
@@ -468,16 +473,15 @@ class SafetyLayer:
             w = w + a.params["d"].value + a.params["Ep"].value @ pn + a.params["Eq"].value @ qn
         return w
 
+    def _n_cap_combinations(self, mod: _Model) -> int:
+        return int(np.prod([int(self.feeder.cap.n_steps[c]) + 1 for c in mod.mn.cap]))
+
     def _cap_candidates(self, mod: _Model, raw_cap):
         """Capacitor step combinations sorted by their own distance (MVAr^2 x weight)."""
         f, mn = self.feeder, mod.mn
         if mn.cap.size == 0:
             return [(np.zeros(0, dtype=np.int64), 0.0)]
         ranges = [range(int(f.cap.n_steps[c]) + 1) for c in mn.cap]
-        n_comb = int(np.prod([len(r) for r in ranges]))
-        if n_comb > MAX_CAP_COMBINATIONS:
-            raise InputError(f"{n_comb} capacitor step combinations exceed the enumeration limit "
-                             f"{MAX_CAP_COMBINATIONS}", "feeder.cap")
         qs = f.cap.q_step_mvar[mn.cap]
         out = []
         for combo in itertools.product(*ranges):
@@ -487,6 +491,8 @@ class SafetyLayer:
         return out
 
     def _solve_hard(self, mod: _Model, rp, rq, re, raw_cap, ctx):
+        if self._n_cap_combinations(mod) > MAX_CAP_COMBINATIONS:
+            return self._branch_and_bound(mod, rp, rq, re, raw_cap, ctx)
         prog = mod.program(correction=ctx["lim"].d is not None, model=ctx["model"])
         best, best_total = None, np.inf
         iters = n = 0
@@ -506,6 +512,66 @@ class SafetyLayer:
             elif r.status not in (SolveStatus.INFEASIBLE,):
                 failed = True
         return best, (n, iters, solver, "failed" if failed and best is None else "")
+
+    def _branch_and_bound(self, mod: _Model, rp, rq, re, raw_cap, ctx, max_nodes: int = 2000):
+        """Exact nearest capacitor steps when there are too many combinations to enumerate:
+        best-first branch and bound on the convex relaxation (steps continuous); each integral
+        leaf is re-solved with the steps fixed."""
+        import heapq
+
+        f, mn = self.feeder, mod.mn
+        relax = mod.program(correction=ctx["lim"].d is not None, model=ctx["model"], caps_relaxed=True)
+        self._set(mod, relax, ctx, rp, rq, re, np.zeros(mn.cap.size))
+        relax.alg.set("cap_q", np.zeros(mn.tree.n - 1))
+        relax.alg.set("rc", raw_cap.astype(float))
+        hi0 = f.cap.n_steps[mn.cap].astype(float)
+        heap = [(0.0, 0, np.zeros(mn.cap.size), hi0)]
+        best, best_total = None, np.inf
+        n = iters = 0
+        solver, failed, tick = "", False, 1
+        while heap and n < max_nodes:
+            bound, _, lo, hi = heapq.heappop(heap)
+            if bound >= best_total:
+                break  # best-first: nothing left can win
+            relax.alg.set("c_lo", lo)
+            relax.alg.set("c_hi", hi)
+            r = cvxpy_.solve(relax.problem, self.solvers)
+            n += 1
+            iters += r.iterations
+            if not r.status.has_solution:
+                failed |= r.status != SolveStatus.INFEASIBLE
+                continue
+            if r.objective >= best_total:
+                continue
+            c = r.x["cap"]
+            frac = np.abs(c - np.round(c))
+            if frac.max() <= 1e-6:
+                cap = np.round(c).astype(np.int64)
+                pt, st = self._solve_hard_fixed(mod, rp, rq, re, cap, ctx)
+                n += 1
+                iters += st
+                if pt is not None:
+                    total = pt.objective + self.cap_weight * float(
+                        np.sum((f.cap.q_step_mvar[mn.cap] * (cap - raw_cap)) ** 2))
+                    if total < best_total:
+                        best, best_total, solver = pt, total, pt.solver
+                continue
+            i = int(np.argmax(frac))
+            for new_lo, new_hi in ((lo[i], np.floor(c[i])), (np.ceil(c[i]), hi[i])):
+                lo2, hi2 = lo.copy(), hi.copy()
+                lo2[i], hi2[i] = new_lo, new_hi
+                tick += 1
+                heapq.heappush(heap, (r.objective, tick, lo2, hi2))
+        incomplete = bool(heap) and n >= max_nodes
+        return best, (n, iters, solver, "failed" if (failed and best is None) or (incomplete and best is None) else "")
+
+    def _solve_hard_fixed(self, mod: _Model, rp, rq, re, cap, ctx):
+        prog = mod.program(correction=ctx["lim"].d is not None, model=ctx["model"])
+        self._set(mod, prog, ctx, rp, rq, re, cap)
+        r = cvxpy_.solve(prog.problem, self.solvers)
+        if not r.status.has_solution:
+            return None, r.iterations
+        return self._point_from(mod, prog, r, cap, np.zeros(mod.mn.tree.n - 1), ctx), r.iterations
 
     def _point_from(self, mod, prog, r, cap, shed, ctx) -> _Point:
         """Clean a solver's answer onto the device limits exactly and evaluate the model."""
@@ -594,7 +660,13 @@ class SafetyLayer:
             return r
 
         best = None
-        for cap, cap_cost in self._cap_candidates(mod, raw_cap):
+        if self._n_cap_combinations(mod) > MAX_CAP_COMBINATIONS:
+            # too many to enumerate: the raw steps, all off and all on (a documented heuristic)
+            n_max = self.feeder.cap.n_steps[mn.cap]
+            candidates = [(c, 0.0) for c in (raw_cap, np.zeros_like(raw_cap), n_max.astype(np.int64))]
+        else:
+            candidates = self._cap_candidates(mod, raw_cap)
+        for cap, cap_cost in candidates:
             self._set(mod, prog, ctx, rp, rq, re, cap)
             a.set("shed_max", shed_max)
             if shed_max.sum() > 0:

@@ -232,3 +232,26 @@ def test_project_action_one_call_and_vector_form():
     assert x.shape == (8,)
     with pytest.raises(sd.InputError, match="x"):
         LAYER4.project_vector(np.zeros(7), snap)
+
+
+def test_branch_and_bound_matches_enumeration(monkeypatch):
+    from safedispatch.network import CapTable
+    from safedispatch.safety import layer as layer_mod
+
+    f0 = sd.load_case("ieee33-paperC")
+    # three multi-step banks: 4 x 3 x 5 = 60 combinations
+    f = f0.replace(cap=CapTable(bus=[5, 17, 31], q_step_mvar=[0.25, 0.3, 0.2], n_steps=[3, 2, 4],
+                                name=("c6", "c18", "c32")))
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        snap = random_snapshot(f, rng)
+        raw = random_action(f, rng)
+        enum = sd.SafetyLayer(f).project(raw, snap)
+        monkeypatch.setattr(layer_mod, "MAX_CAP_COMBINATIONS", 1)
+        bnb = sd.SafetyLayer(f).project(raw, snap)
+        monkeypatch.setattr(layer_mod, "MAX_CAP_COMBINATIONS", 64)
+        assert bnb.status == enum.status
+        if enum.status == PS.PROJECTED:
+            assert bnb.correction_norm == pytest.approx(enum.correction_norm, rel=1e-6, abs=1e-8)
+            np.testing.assert_array_equal(bnb.action.cap_step, enum.action.cap_step)
+            assert bnb.n_solves < 60  # pruning works
