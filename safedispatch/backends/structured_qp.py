@@ -1,0 +1,1647 @@
+"""Exact, fast solver for the structured projection QP of the safety layer.
+
+The problem (all data float64; ``x = [p (n_pv) | q (n_pv) | e (n_sc)]``, ``n = 2 n_pv + n_sc``)::
+
+    minimize   0.5 sum_i wp_i ((p_i - rp_i)^2 + (q_i - rq_i)^2) + 0.5 sum_k we_k (e_k - re_k)^2
+    subject to x in D  (per inverter i: p_lo <= p <= p_hi, q_lo <= q <= q_hi, p^2 + q^2 <= s^2,
+                        |q| <= t p; per scalar device k: e_lo <= e <= e_hi)
+               G x <= h                              (m linear rows)
+               ||A_j x + c_j||_2 <= S_j              (m_soc second-order-cone rows)
+
+Algorithm: a dual semismooth Newton method with constraint generation (for the Newton part see
+Qi & Sun, "A nonsmooth version of Newton's method", Math. Program. 58, 1993; for the projected
+search Bertsekas, "Projected Newton methods for optimization problems with simple constraints",
+SIAM J. Control Optim. 20(2), 1982; for the damping More, "The Levenberg-Marquardt algorithm:
+implementation and theory", 1978).
+
+* Only the network rows are dualized: ``lam >= 0`` for ``G x <= h`` and a free 2-vector ``y_j``
+  for each cone row, through ``||u|| <= S  <=>  sup_y (y.u - S ||y||) <= 0``. For fixed duals the
+  Lagrangian separates per device and its minimizer over ``D`` is the projection
+  ``x(z) = Proj_D(r - W^-1 M^T z)`` (``M = [G; A_1; ...]``, ``W`` scalar per device), exact and
+  closed form in 2-D (see :func:`_proj_pv`). The dual function ``d(z) = min_{x in D} L(x, z)`` is
+  concave; its smooth part has gradient ``M x(z) - b`` and generalized Hessian
+  ``-M J W^-1 M^T`` (``J``: Jacobian of the device projections: identity inside, a scaled
+  tangent projector on a boundary arc or line, zero at corners); its non-smooth part
+  ``-sum_j S_j ||y_j||`` has the known curvature ``(S/||y||)(I - y y^T/||y||^2)``, so the cone
+  rows are handled exactly (no cutting planes) and converge quadratically like the rest.
+* Two levels. The outer level checks every row at the current ``x(z)`` and builds a working set:
+  the rows with a non-zero multiplier plus the most violated rows, skipping a candidate nearly
+  parallel (|cos| > 0.9) to one picked in the same round. The inner level maximizes ``d`` over
+  the working set only (everything else held at zero) by Newton steps with Levenberg-Marquardt
+  damping, a projected Armijo search on ``d`` itself (``lam`` clipped at 0, a cone multiplier
+  stepping through the origin set to 0), an expanding search along directions where ``d``
+  grows linearly, and a proximal-gradient ascent step as the safeguard when the search fails.
+  ``d`` increases at every accepted step, so the method cannot cycle.
+* The outer row check is cheap: rows are scaled to unit norm at set-up and stored sparse, and a
+  row whose value at a reference point is further from its bound than ``||x - x_ref||`` cannot
+  be violated, so it is skipped (exact screening).
+* Infeasibility is certified by weak duality: ``d(z) > max_{x in D} f(x)`` proves that no point of
+  ``D`` meets the network rows. An empty device set is detected by the projection itself, an
+  all-zero row with an impossible right-hand side up front.
+* A final KKT check in the caller's units, with the caller's (unscaled) ``G`` and ``A``: primal
+  feasibility, complementarity (including the alignment of ``A_j x + c_j`` with its
+  multiplier), stationarity through an explicit normal-cone test per device set, and the
+  duality gap. A failed check is reported as NUMERICAL, never as OPTIMAL.
+
+Everything per call runs in one numba-compiled function; an instance owns its work arrays, so
+one :class:`StructuredQP` must not be shared between threads.
+
+Limits: the weak-duality certificate needs finite scalar-device bounds (with an infinite
+``e_lo``/``e_hi`` an infeasible problem ends at MAX_ITER instead of INFEASIBLE); the working set
+holds at most ``max(64, 2 n + 16)`` multipliers (more active rows than that cannot be
+represented; the solve then ends at MAX_ITER).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import IntEnum
+
+import numpy as np
+from numba import njit
+
+from safedispatch.errors import InputError
+
+__all__ = ["QPStatus", "QPResult", "StructuredQP", "WarmStart"]
+
+
+class QPStatus(IntEnum):
+    """Outcome of :meth:`StructuredQP.solve`."""
+
+    OPTIMAL = 0
+    """Converged and the KKT check passed."""
+    INFEASIBLE = 1
+    """Proven infeasible: an empty device set, a constant row violated, or a dual value above
+    the largest objective over the device sets (weak duality)."""
+    MAX_ITER = 2
+    """Iteration limit reached; ``x`` is the last iterate (inside the device sets)."""
+    NUMERICAL = 3
+    """The iteration stopped but the KKT check failed (or stalled from rounding)."""
+
+
+# --- internal status codes of the compiled core (mapped to QPStatus) ---------------------------
+_ST_OPT, _ST_INF, _ST_MAXIT, _ST_NUM = 0, 1, 2, 3
+# infeasibility reasons (reported in QPResult.message)
+_WHY_NONE, _WHY_DEVICE, _WHY_ZERO_LIN, _WHY_ZERO_SOC, _WHY_DUAL = 0, 1, 2, 3, 4
+# number of KKT residuals and their names, in the order the core writes them
+_KKT_NAMES = ("primal_lin", "primal_soc_rel", "device", "dual", "complementarity", "stationarity",
+              "gap_rel", "gap")
+#: Armijo sufficient-increase constant
+_SIGMA = 1e-4
+#: most violated rows added to the working set per Newton iteration
+_ADD_MAX = 16
+
+
+# =============================================================================================
+# 2-D device sets
+# =============================================================================================
+@njit(cache=True)
+def _norm2(a, b):
+    """sqrt(a^2 + b^2): hypot's overflow safety only where needed (hypot is several times slower,
+    and this sits in every loop over the cone rows)."""
+    if abs(a) < 1e150 and abs(b) < 1e150:
+        return math.sqrt(a * a + b * b)
+    return math.hypot(a, b)
+
+
+@njit(cache=True)
+def _pv_viol(p, q, plo, phi, qlo, qhi, s, haspf, th, ih):
+    """Largest violation (a distance) of the constraints of one inverter at (p, q)."""
+    v = plo - p
+    v = max(v, p - phi)
+    v = max(v, qlo - q)
+    v = max(v, q - qhi)
+    # sqrt of squares, not hypot (several times faster): an overflow gives +inf, i.e. "violated",
+    # which is the right verdict for such a point
+    v = max(v, math.sqrt(p * p + q * q) - s)
+    if haspf:
+        # |q| <= t p as two half-planes with unit normals (-t, +-1)/hypot(1, t)
+        v = max(v, ih * q - th * p)
+        v = max(v, -ih * q - th * p)
+    return v
+
+
+@njit(cache=True)
+def _pv_vertices(k, plo, phi, qlo, qhi, s, haspf, th, ih, verts):
+    """Store the corner points of inverter k's set in verts[k]; return their number.
+
+    The corners are the pairwise intersections of the boundary curves (box lines, power-factor
+    lines, circle) that lie in the set. They do not depend on the point being projected, so they
+    are computed once per solve, and only for devices whose projection needs them.
+    """
+    nx = np.empty(6)
+    ny = np.empty(6)
+    bb = np.empty(6)
+    nl = 0
+    if plo > -np.inf:
+        nx[nl], ny[nl], bb[nl] = 1.0, 0.0, plo
+        nl += 1
+    if phi < np.inf:
+        nx[nl], ny[nl], bb[nl] = 1.0, 0.0, phi
+        nl += 1
+    if qlo > -np.inf:
+        nx[nl], ny[nl], bb[nl] = 0.0, 1.0, qlo
+        nl += 1
+    if qhi < np.inf:
+        nx[nl], ny[nl], bb[nl] = 0.0, 1.0, qhi
+        nl += 1
+    if haspf:
+        nx[nl], ny[nl], bb[nl] = -th, ih, 0.0
+        nl += 1
+        nx[nl], ny[nl], bb[nl] = th, ih, 0.0
+        nl += 1
+    cnt = 0
+    for a in range(nl):
+        for b in range(a + 1, nl):
+            det = nx[a] * ny[b] - ny[a] * nx[b]
+            if abs(det) < 1e-14:
+                continue  # parallel (or coincident) lines meet the other curves elsewhere
+            px = (bb[a] * ny[b] - bb[b] * ny[a]) / det
+            py = (nx[a] * bb[b] - nx[b] * bb[a]) / det
+            if _pv_viol(px, py, plo, phi, qlo, qhi, s, haspf, th, ih) <= 1e-12 * (s + abs(px) + abs(py)):
+                verts[k, cnt, 0] = px
+                verts[k, cnt, 1] = py
+                cnt += 1
+        # line a with the circle
+        beta = bb[a]
+        if abs(beta) <= s * (1.0 + 1e-12):
+            hh = math.sqrt(max(0.0, s * s - beta * beta))
+            for sg in (-1.0, 1.0):
+                px = beta * nx[a] - sg * hh * ny[a]
+                py = beta * ny[a] + sg * hh * nx[a]
+                if _pv_viol(px, py, plo, phi, qlo, qhi, s, haspf, th, ih) <= 1e-12 * (s + abs(px) + abs(py)):
+                    verts[k, cnt, 0] = px
+                    verts[k, cnt, 1] = py
+                    cnt += 1
+    return cnt
+
+
+@njit(cache=True)
+def _proj_pv(vp, vq, k, plo, phi, qlo, qhi, s, haspf, th, ih, verts, nvert):
+    """Euclidean projection of (vp, vq) on inverter k's set and the Jacobian of the projection.
+
+    Returns ``(xp, xq, kind, tp, tq, jk)``: ``kind`` 0 = interior (J = I), 1 = on one smooth
+    boundary piece (J = jk * tau tau^T with unit tangent tau = (tp, tq); jk = s/|v| on the
+    circle, 1 on a line), 2 = at a corner (J = 0), -1 = the set is empty.
+
+    Exactness: if the projection has one active constraint c, it equals the projection on c's
+    half-plane/disk, and v violates c; if that point is in the set it *is* the projection
+    (nearest point of a superset). Otherwise two or more constraints are active: the projection
+    is a corner, and the nearest corner is it.
+    """
+    eps = 1e-12 * (s + abs(vp) + abs(vq))
+    if _pv_viol(vp, vq, plo, phi, qlo, qhi, s, haspf, th, ih) <= eps:
+        return vp, vq, 0, 0.0, 0.0, 0.0
+    if vp < plo and _pv_viol(plo, vq, plo, phi, qlo, qhi, s, haspf, th, ih) <= eps:
+        return plo, vq, 1, 0.0, 1.0, 1.0
+    if vp > phi and _pv_viol(phi, vq, plo, phi, qlo, qhi, s, haspf, th, ih) <= eps:
+        return phi, vq, 1, 0.0, 1.0, 1.0
+    if vq < qlo and _pv_viol(vp, qlo, plo, phi, qlo, qhi, s, haspf, th, ih) <= eps:
+        return vp, qlo, 1, 1.0, 0.0, 1.0
+    if vq > qhi and _pv_viol(vp, qhi, plo, phi, qlo, qhi, s, haspf, th, ih) <= eps:
+        return vp, qhi, 1, 1.0, 0.0, 1.0
+    nv = _norm2(vp, vq)
+    if nv > s:
+        sc = s / nv
+        cp = vp * sc
+        cq = vq * sc
+        if _pv_viol(cp, cq, plo, phi, qlo, qhi, s, haspf, th, ih) <= eps:
+            return cp, cq, 1, -vq / nv, vp / nv, sc
+    if haspf:
+        if ih * vq - th * vp > 0.0:
+            a = vp * ih + vq * th
+            cp = a * ih
+            cq = a * th
+            if _pv_viol(cp, cq, plo, phi, qlo, qhi, s, haspf, th, ih) <= eps:
+                return cp, cq, 1, ih, th, 1.0
+        if -ih * vq - th * vp > 0.0:
+            a = vp * ih - vq * th
+            cp = a * ih
+            cq = -a * th
+            if _pv_viol(cp, cq, plo, phi, qlo, qhi, s, haspf, th, ih) <= eps:
+                return cp, cq, 1, ih, -th, 1.0
+    if nvert[k] < 0:
+        nvert[k] = _pv_vertices(k, plo, phi, qlo, qhi, s, haspf, th, ih, verts)
+    nc = nvert[k]
+    if nc == 0:
+        return vp, vq, -1, 0.0, 0.0, 0.0
+    best = np.inf
+    bp = 0.0
+    bq = 0.0
+    for i in range(nc):
+        dp = verts[k, i, 0] - vp
+        dq = verts[k, i, 1] - vq
+        d2 = dp * dp + dq * dq
+        if d2 < best:
+            best = d2
+            bp = verts[k, i, 0]
+            bq = verts[k, i, 1]
+    return bp, bq, 2, 0.0, 0.0, 0.0
+
+
+@njit(cache=True)
+def _project_all(v, x, jkind, jtp, jtq, jk, n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo, ehi,
+                 verts, nvert):
+    """Project v on the product of device sets into x (and record the Jacobians).
+
+    Returns -1 when all sets are non-empty, else the index of the first empty inverter set.
+    """
+    for k in range(n_pv):
+        xp, xq, kind, tp, tq, kk = _proj_pv(v[k], v[n_pv + k], k, plo[k], phi[k], qlo[k], qhi[k], s[k],
+                                            haspf[k], th[k], ih[k], verts, nvert)
+        if kind < 0:
+            return k
+        x[k] = xp
+        x[n_pv + k] = xq
+        jkind[k] = kind
+        jtp[k] = tp
+        jtq[k] = tq
+        jk[k] = kk
+    o = 2 * n_pv
+    for i in range(n_sc):
+        vi = v[o + i]
+        if vi <= elo[i]:
+            x[o + i] = elo[i]
+            jkind[n_pv + i] = 2
+        elif vi >= ehi[i]:
+            x[o + i] = ehi[i]
+            jkind[n_pv + i] = 2
+        else:
+            x[o + i] = vi
+            jkind[n_pv + i] = 0
+    return -1
+
+
+@njit(cache=True)
+def _cone_residual(dp, dq, gx, gy, ng):
+    """Distance from (dp, dq) to the cone generated by the ng 2-D vectors (gx, gy)."""
+    nd = _norm2(dp, dq)
+    if nd == 0.0:
+        return 0.0
+    best = nd
+    for a in range(ng):
+        # in 2-D every point of a finitely generated cone lies in the cone of two generators
+        for b in range(a + 1, ng):
+            det = gx[a] * gy[b] - gy[a] * gx[b]
+            if abs(det) > 1e-14:
+                m1 = (dp * gy[b] - dq * gx[b]) / det
+                m2 = (gx[a] * dq - gy[a] * dp) / det
+                if m1 >= 0.0 and m2 >= 0.0:
+                    return 0.0
+        t = dp * gx[a] + dq * gy[a]
+        if t > 0.0:
+            rr = _norm2(dp - t * gx[a], dq - t * gy[a])
+            if rr < best:
+                best = rr
+    return best
+
+
+# =============================================================================================
+# the compiled solver
+# =============================================================================================
+@njit(cache=True)
+def _check_inputs(n_pv, n_sc, rp, rq, re, wp, we, plo, phi, qlo, qhi, s, t, elo, ehi, h, c, S):
+    """One pass over the dynamic data. Returns (0, 0, 0) when valid, else (field id, kind, index):
+    kind 1 = NaN or inf where a finite value is needed, 2 = lo > hi, 3 = not > 0 / not >= 0."""
+    for i in range(n_pv):
+        if not (np.isfinite(rp[i])):
+            return 1, 1, i
+        if not (np.isfinite(rq[i])):
+            return 2, 1, i
+        if not (np.isfinite(wp[i]) and wp[i] > 0.0):
+            return 4, 3, i
+        if math.isnan(plo[i]) or plo[i] == np.inf:
+            return 6, 1, i
+        if math.isnan(phi[i]) or phi[i] == -np.inf:
+            return 7, 1, i
+        if plo[i] > phi[i]:
+            return 6, 2, i
+        if math.isnan(qlo[i]) or qlo[i] == np.inf:
+            return 8, 1, i
+        if math.isnan(qhi[i]) or qhi[i] == -np.inf:
+            return 9, 1, i
+        if qlo[i] > qhi[i]:
+            return 8, 2, i
+        if not (np.isfinite(s[i]) and s[i] >= 0.0):
+            return 10, 3, i
+        if not (t[i] >= 0.0):  # NaN fails too; +inf means no power-factor limit
+            return 11, 3, i
+    for i in range(n_sc):
+        if not np.isfinite(re[i]):
+            return 3, 1, i
+        if not (np.isfinite(we[i]) and we[i] > 0.0):
+            return 5, 3, i
+        if math.isnan(elo[i]) or elo[i] == np.inf:
+            return 12, 1, i
+        if math.isnan(ehi[i]) or ehi[i] == -np.inf:
+            return 13, 1, i
+        if elo[i] > ehi[i]:
+            return 12, 2, i
+    for i in range(h.shape[0]):
+        if not np.isfinite(h[i]):
+            return 14, 1, i
+    for j in range(S.shape[0]):
+        if not (np.isfinite(c[j, 0]) and np.isfinite(c[j, 1])):
+            return 15, 1, j
+        if not (np.isfinite(S[j]) and S[j] > 0.0):
+            return 16, 3, j
+    return 0, 0, 0
+
+
+@njit(cache=True)
+def _dual_terms(z, g, rows, nrows, soc_of_row, Sp, m):
+    """sum_r z_r g_r - sum_j S'_j ||y_j|| over the listed rows (soc rows come in pairs)."""
+    acc = 0.0
+    i = 0
+    while i < nrows:
+        r = rows[i]
+        if r < m:
+            acc += z[r] * g[r]
+            i += 1
+        else:
+            j = soc_of_row[r]
+            y0 = z[r]
+            y1 = z[r + 1]
+            acc += y0 * g[r] + y1 * g[r + 1] - Sp[j] * _norm2(y0, y1)
+            i += 2
+    return acc
+
+
+@njit(cache=True)
+def _row_dot(mp, mi, mv, i, x):
+    """(M x)_i with M in CSR form (the scaled network rows are sparse on large feeders: a
+    voltage or flow row only involves the inverters of its own lateral)."""
+    acc = 0.0
+    for k in range(mp[i], mp[i + 1]):
+        acc += mv[k] * x[mi[k]]
+    return acc
+
+
+@njit(cache=True)
+def _rows_full(x, mp, mi, mv, b, g, nrow, n):
+    """g = M x - b for every row."""
+    for i in range(nrow):
+        g[i] = _row_dot(mp, mi, mv, i, x) - b[i]
+
+
+@njit(cache=True)
+def _rows_screened(x, xref, gref, g, mp, mi, mv, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale):
+    """g = M x - b on the rows that may be violated; a safe upper bound elsewhere.
+
+    Rows have unit norm (cone blocks unit spectral norm), so ``g_i(x) <= gref_i + ||x - xref||``:
+    a row whose bound is within tolerance cannot be violated and needs no product. Working-set
+    rows already hold exact values. When more than a quarter of the rows need a product, all
+    are computed and the reference moves to x.
+    """
+    nrow = m + 2 * ms
+    dx = 0.0
+    for i in range(n):
+        dd = x[i] - xref[i]
+        dx += dd * dd
+    dx = math.sqrt(dx)
+    need = 0
+    for i in range(m):
+        if not is_memb[i] and gref[i] + dx > tol_lin:
+            need += 1
+    for j in range(ms):
+        r0 = m + 2 * j
+        if not is_memb[r0] and _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > 0.1 * tol * Sp[j] + 1e-15 * xscale:
+            need += 2
+    if 4 * need > nrow:
+        _rows_full(x, mp, mi, mv, b, g, nrow, n)
+        for i in range(n):
+            xref[i] = x[i]
+        for i in range(nrow):
+            gref[i] = g[i]
+        return
+    for i in range(m):
+        if is_memb[i]:
+            continue
+        if gref[i] + dx > tol_lin:
+            g[i] = _row_dot(mp, mi, mv, i, x) - b[i]
+        else:
+            g[i] = gref[i] + dx
+    for j in range(ms):
+        r0 = m + 2 * j
+        if is_memb[r0]:
+            continue
+        if _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > 0.1 * tol * Sp[j] + 1e-15 * xscale:
+            g[r0] = _row_dot(mp, mi, mv, r0, x) - b[r0]
+            g[r0 + 1] = _row_dot(mp, mi, mv, r0 + 1, x) - b[r0 + 1]
+        else:
+            # a vector no longer than the bound: enough for every test made on it
+            nr = _norm2(gref[r0], gref[r0 + 1])
+            if nr > 0.0:
+                sc = (nr + dx) / nr
+                g[r0] = gref[r0] * sc
+                g[r0 + 1] = gref[r0 + 1] * sc
+            else:
+                g[r0] = dx
+                g[r0 + 1] = 0.0
+
+
+@njit(cache=True)
+def _eval_point(zs, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, n_pv, n_sc, plo, phi, qlo, qhi, s,
+                haspf, th, ih, elo, ehi, verts, nvert, v, xo, jkind, jtp, jtq, jk, go):
+    """x(z) = Proj_D(r - W^-1 M^T z) for z supported on the working set; f(x), d(z) and the
+    working-set rows of g. Returns (f, d, index of an empty device set or -1)."""
+    for i in range(n):
+        v[i] = r[i]
+    for q in range(nmr):
+        rr = memb[q]
+        zr = zs[rr]
+        if zr != 0.0:
+            for k in range(mp[rr], mp[rr + 1]):
+                col = mi[k]
+                v[col] -= zr * winv[col] * mv[k]
+    bad = _project_all(v, xo, jkind, jtp, jtq, jk, n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo, ehi,
+                       verts, nvert)
+    f = 0.0
+    for i in range(n):
+        dd = xo[i] - r[i]
+        f += 0.5 * w[i] * dd * dd
+    for q in range(nmr):
+        rr = memb[q]
+        go[rr] = _row_dot(mp, mi, mv, rr, xo) - b[rr]
+    d = f + _dual_terms(zs, go, memb, nmr, soc_of_row, Sp, m)
+    return f, d, bad
+
+
+@njit(cache=True)
+def _set_trial(alpha, nF, fent_row, fent_kind, fent_u0, fent_u1, dz, z, zt, memb, nmr):
+    """zt = P(z + alpha dz) on the working set: lam clipped at 0, a cone multiplier stepping
+    through the origin lands on it (the kink of -S||y||), a new cone multiplier on its ray."""
+    for q in range(nmr):
+        zt[memb[q]] = z[memb[q]]
+    e = 0
+    while e < nF:
+        kd = fent_kind[e]
+        rr = fent_row[e]
+        if kd == 0:
+            zt[rr] = max(0.0, z[rr] + alpha * dz[e])
+            e += 1
+        elif kd == 1:
+            y0 = z[rr] + alpha * dz[e]
+            y1 = z[rr + 1] + alpha * dz[e + 1]
+            if y0 * z[rr] + y1 * z[rr + 1] <= 0.0:
+                y0 = 0.0
+                y1 = 0.0
+            zt[rr] = y0
+            zt[rr + 1] = y1
+            e += 2
+        else:
+            mu = max(0.0, alpha * dz[e])
+            zt[rr] = mu * fent_u0[e]
+            zt[rr + 1] = mu * fent_u1[e]
+            e += 1
+
+
+@njit(cache=True)
+def _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv, Sp, soc_of_row, n_pv, n_sc, jkind,
+                jtp, jtq, jk, winv, winv_max, xscale, theta, ecol_of, ecoef, stamp, elist, ecnt, acc_v, Bt, K, Kf, dz):
+    """Solve (B J W^-1 B^T + C + delta I) dz = rhs for the working-set entries.
+
+    B J W^-1 B^T = Bt Bt^T with Bt = B J^(1/2) W^(-1/2) on the effective columns: two per
+    interior inverter, one per inverter on a smooth boundary piece, one per free scalar device,
+    none at corners. Bt's rows are kept sparse (the rows of B are), so the product costs
+    O(nF^2 nnz) rather than O(nF^2 n). C is the curvature of -S||y|| of the active cone rows.
+
+    Returns (ok, rhs.dz, delta ||dz||^2): the last two give the quadratic model's predicted
+    increase, 0.5 (rhs.dz + delta ||dz||^2) for the full step.
+    """
+    o = 2 * n_pv
+    ne = 0
+    for k in range(n_pv):
+        kd = jkind[k]
+        if kd == 0:
+            sw = math.sqrt(winv[k])
+            ecol_of[k] = ne
+            ecoef[k] = sw
+            ecol_of[n_pv + k] = ne + 1
+            ecoef[n_pv + k] = sw
+            ne += 2
+        elif kd == 1 and jk[k] > 0.0:
+            sw = math.sqrt(winv[k] * jk[k])
+            ecol_of[k] = ne
+            ecoef[k] = sw * jtp[k]
+            ecol_of[n_pv + k] = ne
+            ecoef[n_pv + k] = sw * jtq[k]
+            ne += 1
+        else:
+            ecol_of[k] = -1
+            ecol_of[n_pv + k] = -1
+    for i in range(n_sc):
+        if jkind[n_pv + i] == 0:
+            ecol_of[o + i] = ne
+            ecoef[o + i] = math.sqrt(winv[o + i])
+            ne += 1
+        else:
+            ecol_of[o + i] = -1
+    for e in range(nF):
+        rr = fent_row[e]
+        cnt = 0
+        nrows = 2 if fent_kind[e] == 3 else 1
+        for t in range(nrows):
+            row = rr + t
+            cf = 1.0
+            if fent_kind[e] == 3:
+                cf = fent_u0[e] if t == 0 else fent_u1[e]
+            for kk in range(mp[row], mp[row + 1]):
+                col = mi[kk]
+                q = ecol_of[col]
+                if q < 0:
+                    continue
+                val = cf * ecoef[col] * mv[kk]
+                if stamp[q] != e:
+                    stamp[q] = e
+                    elist[e, cnt] = q
+                    cnt += 1
+                    Bt[e, q] = val
+                else:
+                    Bt[e, q] += val
+        ecnt[e] = cnt
+        for t in range(cnt):
+            stamp[elist[e, t]] = -1
+    gmax = 0.0
+    dmax = 0.0
+    for e in range(nF):
+        gmax = max(gmax, abs(rhs[e]))
+        # row e scattered into acc_v (kept all-zero outside), dotted with the sparse rows f <= e
+        for t in range(ecnt[e]):
+            acc_v[elist[e, t]] = Bt[e, elist[e, t]]
+        for f2 in range(e + 1):
+            acc = 0.0
+            for t in range(ecnt[f2]):
+                q = elist[f2, t]
+                acc += Bt[f2, q] * acc_v[q]
+            K[e, f2] = acc
+        for t in range(ecnt[e]):
+            acc_v[elist[e, t]] = 0.0
+        dmax = max(dmax, K[e, e])
+    e = 0
+    while e < nF:
+        if fent_kind[e] == 1:
+            rr = fent_row[e]
+            j = soc_of_row[rr]
+            ny = _norm2(z[rr], z[rr + 1])
+            cf = Sp[j] / ny
+            u0 = z[rr] / ny
+            u1 = z[rr + 1] / ny
+            K[e, e] += cf * (1.0 - u0 * u0)
+            K[e + 1, e] += -cf * u0 * u1
+            K[e + 1, e + 1] += cf * (1.0 - u1 * u1)
+            e += 2
+        else:
+            e += 1
+    # Levenberg-Marquardt regularization: proportional to the residual, so the local convergence
+    # stays quadratic; it keeps singular systems (devices at corners, duplicate rows) solvable,
+    # and theta (adapted by the caller from the model's accuracy) sets the step length where d
+    # is locally linear
+    dscale = max(dmax, winv_max)
+    delta = dscale * (1e-13 + theta * min(1.0, gmax / xscale))
+    okc = False
+    for _attempt in range(6):
+        # Cholesky of K + delta I into the upper triangle of Kf (K keeps the matrix)
+        okc = True
+        for e in range(nF):
+            for f2 in range(e + 1):
+                acc = K[e, f2]
+                if f2 == e:
+                    acc += delta
+                for q in range(f2):
+                    acc -= Kf[q, e] * Kf[q, f2]
+                if f2 == e:
+                    if not (acc > 0.0):
+                        okc = False
+                        break
+                    Kf[e, e] = math.sqrt(acc)
+                else:
+                    Kf[f2, e] = acc / Kf[f2, f2]
+            if not okc:
+                break
+        if okc:
+            break
+        delta = delta * 100.0 + dscale * 1e-10
+    if not okc:
+        return False, 0.0, 0.0
+    for e in range(nF):
+        acc = rhs[e]
+        for q in range(e):
+            acc -= Kf[q, e] * dz[q]
+        dz[e] = acc / Kf[e, e]
+    for e in range(nF - 1, -1, -1):
+        acc = dz[e]
+        for q in range(e + 1, nF):
+            acc -= Kf[e, q] * dz[q]
+        dz[e] = acc / Kf[e, e]
+    gtd = 0.0
+    dn2 = 0.0
+    for e in range(nF):
+        gtd += rhs[e] * dz[e]
+        dn2 += dz[e] * dz[e]
+    return True, gtd, delta * dn2
+
+
+@njit(cache=True)
+def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av, L2,
+                rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in, ehi_in, h, c, S,
+                z, use_warm, tol, max_iter, add_max, reg,
+                # work arrays
+                r, w, winv, b, Sp, plo, phi, qlo, qhi, s, haspf, th, ih, v, x, xt, g, gt, jkind, jtp, jtq, jk,
+                jkind_t, jtp_t, jtq_t, jk_t, verts, nvert, zt, fent_row, fent_kind, fent_u0, fent_u1, Bt, K, Kf, rhs,
+                dz, cand, cand_v, ecol_of, ecoef, stamp, elist, ecnt, acc_v, soc_of_row, dirv, picked, pcols, pcnt,
+                clist, memb, is_memb, xref, gref,
+                # outputs
+                x_out, lam_lin, lam_soc, act_lin, act_soc, kkt, info):
+    """Solve one instance. Returns the internal status; fills x_out, multipliers, kkt, info.
+
+    Returns -1 when the dynamic data are invalid (info[1:4] = field id, index, kind; see
+    _check_inputs) before touching anything else.
+
+    z (nrow,) holds the scaled duals (lam for the m' linear rows, then y_j pairs); on entry it is
+    the warm start when use_warm, on exit the final duals.
+    info = [iterations, why (infeasibility reason), which (row/device index), f, d, n_newton,
+            n_fallback, nF_max].
+    """
+    for k in range(info.shape[0]):
+        info[k] = 0.0
+    field, kind, idx = _check_inputs(n_pv, n_sc, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in,
+                                     ehi_in, h, c, S)
+    if field:
+        info[1] = field
+        info[2] = idx
+        info[3] = kind
+        return -1
+    n = 2 * n_pv + n_sc
+    m = lin_map.shape[0]          # non-zero linear rows in M
+    ms = soc_map.shape[0]         # non-zero cone rows in M
+    nrow = m + 2 * ms
+    capF = K.shape[0]
+    o = 2 * n_pv
+    for k in range(info.shape[0]):
+        info[k] = 0.0
+    for k in range(kkt.shape[0]):
+        kkt[k] = 0.0
+
+    # ---- per-call data -------------------------------------------------------------------
+    xscale = 0.0
+    for k in range(n_pv):
+        r[k] = rp[k]
+        r[n_pv + k] = rq[k]
+        w[k] = wp[k]
+        w[n_pv + k] = wp[k]
+        plo[k] = plo_in[k]
+        phi[k] = phi_in[k]
+        qlo[k] = qlo_in[k]
+        qhi[k] = qhi_in[k]
+        s[k] = s_in[k]
+        tk = t_in[k]
+        if tk < np.inf:
+            haspf[k] = True
+            hh = math.hypot(1.0, tk)
+            th[k] = tk / hh
+            ih[k] = 1.0 / hh
+        else:
+            haspf[k] = False
+            th[k] = 0.0
+            ih[k] = 0.0
+        nvert[k] = -1
+        xscale = max(xscale, s[k])
+    for i in range(n_sc):
+        r[o + i] = re[i]
+        w[o + i] = we[i]
+        if np.isfinite(elo_in[i]):
+            xscale = max(xscale, abs(elo_in[i]))
+        if np.isfinite(ehi_in[i]):
+            xscale = max(xscale, abs(ehi_in[i]))
+    winv_max = 0.0
+    for i in range(n):
+        winv[i] = 1.0 / w[i]
+        winv_max = max(winv_max, winv[i])
+        xscale = max(xscale, abs(r[i]))
+    xscale = max(xscale, 1e-300)
+    for i in range(m):
+        b[i] = h[lin_map[i]] / bnorm[i]
+    for j in range(ms):
+        jj = soc_map[j]
+        an = bnorm[m + 2 * j]
+        b[m + 2 * j] = -c[jj, 0] / an
+        b[m + 2 * j + 1] = -c[jj, 1] / an
+        Sp[j] = S[jj] / an
+    # tolerances in the scaled rows: rows have unit norm, so a residual is a distance in x-space
+    tol_lin = tol * max(1.0, xscale)
+    # largest objective over D: any feasible point has f <= f_up (weak-duality certificate)
+    f_up = 0.0
+    for k in range(n_pv):
+        dmax = _norm2(r[k], r[n_pv + k]) + s[k]
+        f_up += 0.5 * w[k] * dmax * dmax
+    for i in range(n_sc):
+        dmax = max(abs(r[o + i] - elo_in[i]), abs(r[o + i] - ehi_in[i]))
+        f_up += 0.5 * w[o + i] * dmax * dmax  # inf when a bound is infinite: no certificate
+
+    # constant rows (all-zero in G or A) are checked once; a violated one makes the problem
+    # infeasible whatever x is (the projection of r on D is still returned as the best point)
+    pre = -1
+    for i in range(zero_lin.shape[0]):
+        if h[zero_lin[i]] < -tol:
+            info[1] = _WHY_ZERO_LIN
+            info[2] = zero_lin[i]
+            pre = _ST_INF
+            break
+    for i in range(zero_soc.shape[0]):
+        jj = zero_soc[i]
+        if pre < 0 and _norm2(c[jj, 0], c[jj, 1]) > S[jj] * (1.0 + tol):
+            info[1] = _WHY_ZERO_SOC
+            info[2] = jj
+            pre = _ST_INF
+
+    # ---- z = 0: the projection of r on D; optimal as it is when it meets every row -----------
+    for i in range(n):
+        v[i] = r[i]
+    bad = _project_all(v, x, jkind, jtp, jtq, jk, n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in,
+                       ehi_in, verts, nvert)
+    if bad >= 0:
+        # an empty device set: no point to project on; r itself is returned (finite)
+        info[1] = _WHY_DEVICE
+        info[2] = bad
+        pre = _ST_INF
+        for i in range(n):
+            x[i] = r[i]
+    status = -1
+    it = 0
+    n_newton = 0
+    n_fb = 0
+    nF_max = 0
+    n_outer = 0
+    # reference point of the screened row check: every row has unit norm, so
+    # |g_i(x) - g_i(xref)| <= ||x - xref||: a row far from its bound needs no product
+    _rows_full(x, mp, mi, mv, b, g, nrow, n)
+    for i in range(n):
+        xref[i] = x[i]
+    for i in range(nrow):
+        gref[i] = g[i]
+        is_memb[i] = False
+    feas0 = True
+    for i in range(m):
+        if g[i] > tol_lin:
+            feas0 = False
+    for j in range(ms):
+        r0 = m + 2 * j
+        if _norm2(g[r0], g[r0 + 1]) - Sp[j] > 0.1 * tol * Sp[j] + 1e-15 * xscale:
+            feas0 = False
+    if pre >= 0:
+        for i in range(nrow):
+            z[i] = 0.0
+        status = pre
+    elif feas0 or nrow == 0:
+        for i in range(nrow):
+            z[i] = 0.0
+        status = _ST_OPT
+    else:
+        # ---- start point: the warm start (cleaned) or zero -------------------------------------
+        nmr = 0
+        if use_warm:
+            for i in range(m):
+                if z[i] > 0.0 and np.isfinite(z[i]):
+                    memb[nmr] = i
+                    nmr += 1
+                else:
+                    z[i] = 0.0
+            for j in range(ms):
+                r0 = m + 2 * j
+                if np.isfinite(z[r0]) and np.isfinite(z[r0 + 1]) and (z[r0] != 0.0 or z[r0 + 1] != 0.0):
+                    memb[nmr] = r0
+                    memb[nmr + 1] = r0 + 1
+                    nmr += 2
+                else:
+                    z[r0] = 0.0
+                    z[r0 + 1] = 0.0
+            if nmr > capF:
+                nmr = 0
+                for i in range(nrow):
+                    z[i] = 0.0
+        else:
+            for i in range(nrow):
+                z[i] = 0.0
+        if nmr > 0:
+            fval, dval, bad = _eval_point(z, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, n_pv, n_sc,
+                                          plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in, verts, nvert, v, x,
+                                          jkind, jtp, jtq, jk, g)
+            _rows_full(x, mp, mi, mv, b, g, nrow, n)
+            for i in range(n):
+                xref[i] = x[i]
+            for i in range(nrow):
+                gref[i] = g[i]
+        else:
+            fval = 0.0
+            for i in range(n):
+                dd = x[i] - r[i]
+                fval += 0.5 * w[i] * dd * dd
+        dval = fval + _dual_terms(z, g, memb, nmr, soc_of_row, Sp, m)
+
+        theta = reg
+        npick_prev = 0
+        # ---- outer loop: check every row, grow the working set ------------------------------
+        while True:
+            viol = 0.0
+            comp = 0.0
+            socok = True
+            for i in range(m):
+                gi = g[i]
+                if gi > viol:
+                    viol = gi
+                if z[i] > 0.0:
+                    comp = max(comp, abs(gi))
+            for j in range(ms):
+                r0 = m + 2 * j
+                tj = 0.1 * tol * Sp[j] + 1e-15 * xscale
+                if _norm2(g[r0], g[r0 + 1]) - Sp[j] > tj:
+                    socok = False
+                if z[r0] != 0.0 or z[r0 + 1] != 0.0:
+                    ny = _norm2(z[r0], z[r0 + 1])
+                    if _norm2(g[r0] - Sp[j] * z[r0] / ny, g[r0 + 1] - Sp[j] * z[r0 + 1] / ny) > tj:
+                        socok = False
+            if viol <= tol_lin and comp <= tol_lin and socok:
+                status = _ST_OPT
+                break
+            if dval > f_up * (1.0 + 1e-9) + 1e-300:
+                status = _ST_INF
+                info[1] = _WHY_DUAL
+                break
+            if it >= max_iter or n_outer >= max_iter:
+                status = _ST_MAXIT
+                break
+            n_outer += 1
+            # new rows change the local model: do not trust the last round's tiny damping
+            theta = max(theta, reg * 1e-2)
+
+            # working set: the support of z, then violated rows (most violated first, skipping
+            # rows nearly parallel to one picked this round: near-parallel rows, e.g. voltages
+            # along one lateral, make the Newton system ill-conditioned, and fixing one usually
+            # fixes the others)
+            for q in range(nmr):
+                is_memb[memb[q]] = False
+            nmr = 0
+            for i in range(m):
+                if z[i] > 0.0:
+                    memb[nmr] = i
+                    is_memb[i] = True
+                    nmr += 1
+            for j in range(ms):
+                r0 = m + 2 * j
+                if z[r0] != 0.0 or z[r0 + 1] != 0.0:
+                    memb[nmr] = r0
+                    memb[nmr + 1] = r0 + 1
+                    is_memb[r0] = True
+                    is_memb[r0 + 1] = True
+                    nmr += 2
+            nc = 0
+            for i in range(m):
+                if not is_memb[i] and g[i] > tol_lin:
+                    cand[nc] = i
+                    cand_v[nc] = g[i]
+                    nc += 1
+            for j in range(ms):
+                r0 = m + 2 * j
+                if not is_memb[r0]:
+                    vj = _norm2(g[r0], g[r0 + 1]) - Sp[j]
+                    if vj > 0.1 * tol * Sp[j] + 1e-15 * xscale:
+                        cand[nc] = r0
+                        cand_v[nc] = vj
+                        nc += 1
+            for pq in range(npick_prev):
+                for t in range(pcnt[pq]):
+                    picked[pq, pcols[pq, t]] = 0.0
+            nadd = 0
+            npick = 0
+            nscan = 0
+            while nadd < add_max and nc > 0 and nmr < capF and nscan < 4 * add_max:
+                nscan += 1
+                best = 0
+                for q in range(1, nc):
+                    if cand_v[q] > cand_v[best]:
+                        best = q
+                rr = cand[best]
+                cand[best] = cand[nc - 1]
+                cand_v[best] = cand_v[nc - 1]
+                nc -= 1
+                if rr >= m and nmr + 2 > capF:
+                    continue  # no room for a cone row's pair
+                # the candidate's unit direction, sparse: dirv (all-zero outside) on the columns clist
+                cnt = 0
+                nrows = 1 if rr < m else 2
+                u0 = 1.0
+                u1 = 0.0
+                if rr >= m:
+                    ng = _norm2(g[rr], g[rr + 1])
+                    u0 = g[rr] / ng
+                    u1 = g[rr + 1] / ng
+                nn = 0.0
+                for t in range(nrows):
+                    cf = u0 if t == 0 else u1
+                    for kk in range(mp[rr + t], mp[rr + t + 1]):
+                        col = mi[kk]
+                        if stamp[col] != -2:
+                            stamp[col] = -2
+                            clist[cnt] = col
+                            cnt += 1
+                        dirv[col] += cf * mv[kk]
+                for t in range(cnt):
+                    stamp[clist[t]] = -1
+                    nn += dirv[clist[t]] * dirv[clist[t]]
+                nn = math.sqrt(nn)
+                parallel = False
+                if nn > 0.0:
+                    for t in range(cnt):
+                        dirv[clist[t]] /= nn
+                    for pq in range(npick):
+                        acc = 0.0
+                        for t in range(cnt):
+                            acc += picked[pq, clist[t]] * dirv[clist[t]]
+                        if abs(acc) > 0.9:
+                            parallel = True
+                            break
+                if not parallel and npick < picked.shape[0]:
+                    for t in range(cnt):
+                        picked[npick, clist[t]] = dirv[clist[t]]
+                        pcols[npick, t] = clist[t]
+                    pcnt[npick] = cnt
+                    npick += 1
+                for t in range(cnt):
+                    dirv[clist[t]] = 0.0
+                if parallel:
+                    continue
+                memb[nmr] = rr
+                is_memb[rr] = True
+                nmr += 1
+                if rr >= m:
+                    memb[nmr] = rr + 1
+                    is_memb[rr + 1] = True
+                    nmr += 1
+                nadd += 1
+
+            npick_prev = npick
+            # ---- inner loop: Newton on the dual restricted to the working set --------------------
+            while True:
+                # entries of the Newton system: members with a multiplier or a violation
+                nF = 0
+                rviol = 0.0
+                q = 0
+                while q < nmr:
+                    rr = memb[q]
+                    if rr < m:
+                        gi = g[rr]
+                        rviol = max(rviol, gi)
+                        if z[rr] > 0.0:
+                            rviol = max(rviol, -gi)
+                        if z[rr] > 0.0 or gi > tol_lin:
+                            fent_row[nF] = rr
+                            fent_kind[nF] = 0
+                            rhs[nF] = gi
+                            nF += 1
+                        q += 1
+                    else:
+                        j = soc_of_row[rr]
+                        y0 = z[rr]
+                        y1 = z[rr + 1]
+                        tj = 0.1 * tol * Sp[j] + 1e-15 * xscale
+                        ng = _norm2(g[rr], g[rr + 1])
+                        if y0 != 0.0 or y1 != 0.0:
+                            ny = _norm2(y0, y1)
+                            a0 = g[rr] - Sp[j] * y0 / ny
+                            a1 = g[rr + 1] - Sp[j] * y1 / ny
+                            if _norm2(a0, a1) > tj or ng - Sp[j] > tj:
+                                rviol = max(rviol, 2.0 * tol_lin)
+                            fent_row[nF] = rr
+                            fent_kind[nF] = 1
+                            rhs[nF] = a0
+                            fent_row[nF + 1] = rr + 1
+                            fent_kind[nF + 1] = 2
+                            rhs[nF + 1] = a1
+                            nF += 2
+                        elif ng - Sp[j] > tj:
+                            rviol = max(rviol, 2.0 * tol_lin)
+                            fent_row[nF] = rr
+                            fent_kind[nF] = 3
+                            fent_u0[nF] = g[rr] / ng
+                            fent_u1[nF] = g[rr + 1] / ng
+                            rhs[nF] = ng - Sp[j]
+                            nF += 1
+                        q += 2
+                if rviol <= tol_lin or nF == 0:
+                    break
+                if it >= max_iter or dval > f_up * (1.0 + 1e-9) + 1e-300:
+                    break
+                it += 1
+                nF_max = max(nF_max, nF)
+
+                # Newton system (B J W^-1 B^T + C + delta I) dz = grad_F
+                ok_newton, gtd, ddn = _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv,
+                                                  Sp, soc_of_row, n_pv, n_sc, jkind, jtp, jtq, jk, winv, winv_max,
+                                                  xscale, theta, ecol_of, ecoef, stamp, elist, ecnt, acc_v, Bt, K,
+                                                  Kf, dz)
+                accepted = False
+                if ok_newton:
+                    n_newton += 1
+                    # projected Armijo search on d; expanding while d grows linearly
+                    alpha = 1.0
+                    best_d = dval
+                    best_alpha = 0.0
+                    expanding = False
+                    for _ls in range(60):
+                        _set_trial(alpha, nF, fent_row, fent_kind, fent_u0, fent_u1, dz, z, zt, memb, nmr)
+                        ft, dt, bad = _eval_point(zt, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, n_pv,
+                                                  n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in, verts,
+                                                  nvert, v, xt, jkind_t, jtp_t, jtq_t, jk_t, gt)
+                        # predicted increase: linear smooth part + exact change of -S||y||
+                        pred = 0.0
+                        q = 0
+                        while q < nmr:
+                            rr = memb[q]
+                            if rr < m:
+                                pred += g[rr] * (zt[rr] - z[rr])
+                                q += 1
+                            else:
+                                j = soc_of_row[rr]
+                                pred += g[rr] * (zt[rr] - z[rr]) + g[rr + 1] * (zt[rr + 1] - z[rr + 1])
+                                pred -= Sp[j] * (_norm2(zt[rr], zt[rr + 1]) - _norm2(z[rr], z[rr + 1]))
+                                q += 2
+                        slack = 1e-14 * (abs(dval) + abs(dt))
+                        ok_ls = (dt - dval >= _SIGMA * pred - slack) and (pred > 0.0 or dt >= dval)
+                        if not expanding:
+                            if ok_ls:
+                                best_d = dt
+                                best_alpha = alpha
+                                accepted = True
+                                if alpha == 1.0 and pred > 0.0 and dt - dval >= 0.9 * pred and dt <= f_up:
+                                    expanding = True
+                                    alpha = 4.0
+                                    continue
+                                break
+                            alpha *= 0.5
+                            if alpha < 1e-12:
+                                break
+                        else:
+                            if ok_ls and dt > best_d and dt - dval >= 0.9 * pred:
+                                best_d = dt
+                                best_alpha = alpha
+                                if dt > f_up:
+                                    break
+                                alpha *= 4.0
+                                continue
+                            break
+                    # trust update from the model's accuracy (Levenberg-Marquardt)
+                    if not accepted or best_alpha < 1.0:
+                        theta = min(theta * 4.0, 1e4)
+                    elif best_alpha > 1.0:
+                        theta = max(theta / 16.0, 1e-12)
+                    else:
+                        rho = (best_d - dval) / max(0.5 * (gtd + ddn), 1e-300)
+                        if rho > 0.75:
+                            theta = max(theta / 4.0, 1e-12)
+                        elif rho < 0.25:
+                            theta = min(theta * 2.0, 1e4)
+                    if accepted:
+                        if best_alpha != alpha:
+                            # the last evaluation was another alpha: evaluate the accepted one again
+                            _set_trial(best_alpha, nF, fent_row, fent_kind, fent_u0, fent_u1, dz, z, zt, memb, nmr)
+                            ft, dt, bad = _eval_point(zt, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n,
+                                                      n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in,
+                                                      verts, nvert, v, xt, jkind_t, jtp_t, jtq_t, jk_t, gt)
+                        for q in range(nmr):
+                            rr = memb[q]
+                            z[rr] = zt[rr]
+                            g[rr] = gt[rr]
+                        for i in range(n):
+                            x[i] = xt[i]
+                        for k in range(jkind.shape[0]):
+                            jkind[k] = jkind_t[k]
+                        for k in range(jtp.shape[0]):
+                            jtp[k] = jtp_t[k]
+                            jtq[k] = jtq_t[k]
+                            jk[k] = jk_t[k]
+                        fval = ft
+                        dval = dt
+                if not accepted:
+                    # safeguard: a proximal-gradient ascent step with step 1/L on the working set
+                    n_fb += 1
+                    tstep = 1.0 / (L2 * winv_max)
+                    q = 0
+                    while q < nmr:
+                        rr = memb[q]
+                        if rr < m:
+                            z[rr] = max(0.0, z[rr] + tstep * g[rr])
+                            q += 1
+                        else:
+                            j = soc_of_row[rr]
+                            y0 = z[rr] + tstep * g[rr]
+                            y1 = z[rr + 1] + tstep * g[rr + 1]
+                            ny = _norm2(y0, y1)
+                            thr = tstep * Sp[j]
+                            if ny <= thr:
+                                z[rr] = 0.0
+                                z[rr + 1] = 0.0
+                            else:
+                                z[rr] = y0 * (1.0 - thr / ny)
+                                z[rr + 1] = y1 * (1.0 - thr / ny)
+                            q += 2
+                    fval, dval, bad = _eval_point(z, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, n_pv,
+                                                  n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in, verts,
+                                                  nvert, v, x, jkind, jtp, jtq, jk, g)
+            # ---- every row again (screened) -----------------------------------------------------
+            _rows_screened(x, xref, gref, g, mp, mi, mv, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale)
+
+    # ---- outputs in the caller's units and the KKT check ------------------------------------
+    fin = True
+    for i in range(n):
+        if not np.isfinite(x[i]):
+            fin = False
+    for i in range(nrow):
+        if not np.isfinite(z[i]):
+            fin = False
+    if not fin:
+        # rounding blew up: fall back to the projection of r, which is finite
+        for i in range(n):
+            v[i] = r[i]
+        _project_all(v, x, jkind, jtp, jtq, jk, n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in,
+                     ehi_in, verts, nvert)
+        for i in range(nrow):
+            z[i] = 0.0
+        status = _ST_NUM
+    for i in range(n):
+        x_out[i] = x[i]
+    for i in range(lam_lin.shape[0]):
+        lam_lin[i] = 0.0
+        act_lin[i] = False
+    for j in range(lam_soc.shape[0]):
+        lam_soc[j] = 0.0
+        act_soc[j] = False
+    for i in range(m):
+        if z[i] > 0.0:
+            lam_lin[lin_map[i]] = z[i] / bnorm[i]
+            act_lin[lin_map[i]] = True
+    for j in range(ms):
+        r0 = m + 2 * j
+        ny = _norm2(z[r0], z[r0 + 1])
+        if ny > 0.0:
+            lam_soc[soc_map[j]] = ny / bnorm[r0]
+            act_soc[soc_map[j]] = True
+
+    # KKT residuals with the caller's G and A (CSR copies, unscaled: independent of the internal
+    # row scaling)
+    mo = gp.shape[0] - 1
+    mso = (ap.shape[0] - 1) // 2
+    fval = 0.0
+    for i in range(n):
+        dd = x[i] - r[i]
+        fval += 0.5 * w[i] * dd * dd
+    p_lin = 0.0
+    comp_v = 0.0
+    lag = fval
+    for i in range(mo):
+        acc = _row_dot(gp, gi_, gv, i, x) - h[i]
+        p_lin = max(p_lin, acc)
+        comp_v = max(comp_v, abs(lam_lin[i] * acc))
+        lag += lam_lin[i] * acc
+    p_soc = 0.0
+    for j in range(mso):
+        a0 = _row_dot(ap, ai, av, 2 * j, x) + c[j, 0]
+        a1 = _row_dot(ap, ai, av, 2 * j + 1, x) + c[j, 1]
+        na = _norm2(a0, a1)
+        p_soc = max(p_soc, (na - S[j]) / S[j])
+        comp_v = max(comp_v, lam_soc[j] * abs(na - S[j]))
+        if lam_soc[j] > 0.0:
+            # the multiplier direction must be the direction of A x + c (alignment)
+            jm = -1
+            for jj in range(ms):
+                if soc_map[jj] == j:
+                    jm = jj
+            r0 = m + 2 * jm
+            ny = _norm2(z[r0], z[r0 + 1])
+            y0 = lam_soc[j] * z[r0] / ny
+            y1 = lam_soc[j] * z[r0 + 1] / ny
+            comp_v = max(comp_v, lam_soc[j] * _norm2(a0 - S[j] * z[r0] / ny, a1 - S[j] * z[r0 + 1] / ny))
+            lag += y0 * a0 + y1 * a1 - S[j] * lam_soc[j]
+    # device feasibility
+    dev = 0.0
+    for k in range(n_pv):
+        dev = max(dev, _pv_viol(x[k], x[n_pv + k], plo[k], phi[k], qlo[k], qhi[k], s[k], haspf[k], th[k], ih[k]))
+    for i in range(n_sc):
+        dev = max(dev, elo_in[i] - x[o + i], x[o + i] - ehi_in[i])
+    # stationarity: r - W^-1 (G^T lam + sum A_j^T y_j) - x must lie in the normal cone of D at x
+    for i in range(n):
+        v[i] = r[i]
+    for i in range(mo):
+        if lam_lin[i] > 0.0:
+            for kk in range(gp[i], gp[i + 1]):
+                v[gi_[kk]] -= lam_lin[i] * winv[gi_[kk]] * gv[kk]
+    for jm in range(ms):
+        r0 = m + 2 * jm
+        ny = _norm2(z[r0], z[r0 + 1])
+        if ny > 0.0:
+            j = soc_map[jm]
+            for t in range(2):
+                yt = lam_soc[j] * z[r0 + t] / ny
+                for kk in range(ap[2 * j + t], ap[2 * j + t + 1]):
+                    v[ai[kk]] -= winv[ai[kk]] * yt * av[kk]
+    stat = 0.0
+    vscale = 1.0
+    gx = np.empty(7)
+    gy = np.empty(7)
+    for k in range(n_pv):
+        xp = x[k]
+        xq = x[n_pv + k]
+        vscale = max(vscale, abs(v[k]), abs(v[n_pv + k]))
+        ea = 1e-9 * (s[k] + abs(xp) + abs(xq) + 1e-300)
+        ng = 0
+        whole = False
+        if xp - plo[k] <= ea:
+            gx[ng], gy[ng] = -1.0, 0.0
+            ng += 1
+        if phi[k] - xp <= ea:
+            gx[ng], gy[ng] = 1.0, 0.0
+            ng += 1
+        if xq - qlo[k] <= ea:
+            gx[ng], gy[ng] = 0.0, -1.0
+            ng += 1
+        if qhi[k] - xq <= ea:
+            gx[ng], gy[ng] = 0.0, 1.0
+            ng += 1
+        nx = _norm2(xp, xq)
+        if s[k] - nx <= ea:
+            if nx > 1e-300:
+                gx[ng], gy[ng] = xp / nx, xq / nx
+                ng += 1
+            else:
+                whole = True  # s = 0: the set is a point, every direction is normal
+        if haspf[k]:
+            if th[k] * xp - ih[k] * xq <= ea:
+                gx[ng], gy[ng] = -th[k], ih[k]
+                ng += 1
+            if th[k] * xp + ih[k] * xq <= ea:
+                gx[ng], gy[ng] = -th[k], -ih[k]
+                ng += 1
+        if not whole:
+            stat = max(stat, _cone_residual(v[k] - xp, v[n_pv + k] - xq, gx, gy, ng))
+    for i in range(n_sc):
+        dv = v[o + i] - x[o + i]
+        vscale = max(vscale, abs(v[o + i]))
+        if elo_in[i] == ehi_in[i]:
+            continue
+        if x[o + i] <= elo_in[i]:
+            stat = max(stat, dv)
+        elif x[o + i] >= ehi_in[i]:
+            stat = max(stat, -dv)
+        else:
+            stat = max(stat, abs(dv))
+    gap = fval - lag
+    kkt[0] = p_lin
+    kkt[1] = p_soc
+    kkt[2] = dev
+    kkt[3] = 0.0  # multipliers are >= 0 by construction (lam clipped, lam_soc a norm)
+    kkt[4] = comp_v
+    kkt[5] = stat
+    kkt[6] = abs(gap) / max(fval, 1e-300)
+    kkt[7] = gap
+    info[0] = it
+    info[3] = fval
+    info[4] = lag
+    info[5] = n_newton
+    info[6] = n_fb
+    info[7] = nF_max
+    if status == _ST_OPT:
+        # the safety net: thresholds a little looser than the stopping rule, in caller units
+        kt = max(1e2 * tol, 1e-10) * max(1.0, xscale)
+        okk = True
+        rowscale = 1.0
+        for i in range(m):
+            rowscale = max(rowscale, bnorm[i])
+        if p_lin > kt * rowscale:
+            okk = False
+        if p_soc > max(tol, 1e-12):
+            okk = False
+        if dev > 1e-9 * max(1.0, xscale):
+            okk = False
+        if stat > 1e-7 * vscale:
+            okk = False
+        if abs(gap) > 1e-7 * fval + kt * kt:
+            okk = False
+        if not okk:
+            status = _ST_NUM
+    return status
+
+
+# =============================================================================================
+# Python API
+# =============================================================================================
+_FIELDS = (None, "rp", "rq", "re", "wp", "we", "p_lo", "p_hi", "q_lo", "q_hi", "s", "t", "e_lo", "e_hi", "h",
+           "c", "S")
+_KIND_MSG = (None, "expected finite values (NaN or an infinity where not allowed)",
+             "expected lower bound <= upper bound", "expected values > 0 (weights, S) or >= 0 (s, t)")
+_STATUS = (QPStatus.OPTIMAL, QPStatus.INFEASIBLE, QPStatus.MAX_ITER, QPStatus.NUMERICAL)
+
+
+class WarmStart:
+    """Opaque dual state of one solve (scaled multipliers), to pass as ``warm=`` next time.
+
+    Only valid for the :class:`StructuredQP` instance (the same ``G`` and ``A``) that made it.
+    """
+
+    __slots__ = ("z", "owner")
+
+    def __init__(self, z: np.ndarray, owner: int):
+        self.z = z
+        self.owner = owner
+
+
+class QPResult:
+    """Result of :meth:`StructuredQP.solve`.
+
+    Attributes:
+        x: ``(n,)`` solution ``[p (n_pv) | q (n_pv) | e (n_sc)]`` in the caller's units; always
+            finite. On failure the last iterate (inside the device sets when they are non-empty).
+        status: :class:`QPStatus`.
+        objective: ``0.5 sum w (x - r)^2`` at ``x``.
+        iterations: Newton / safeguard iterations (0 when the projection of the raw point on the
+            device sets already met every row).
+        kkt: Residuals in the caller's units: ``primal_lin`` (max of ``G x - h``, clipped at 0),
+            ``primal_soc_rel`` (max of ``(||A_j x + c_j|| - S_j) / S_j``), ``device`` (largest
+            violation of a device constraint, a distance), ``dual`` (negative multipliers, 0 by
+            construction), ``complementarity`` (max of ``|lam_i (G x - h)_i|`` and the cone
+            analogues, incl. the alignment of ``A_j x + c_j`` with its multiplier),
+            ``stationarity`` (largest distance of the Lagrangian's residual direction from the
+            normal cone of a device set, in the units of ``x``), ``gap`` and ``gap_rel``
+            (``f(x) - L(x, lam)``, absolute and relative to ``f``).
+        lam_lin: ``(m,)`` multipliers of ``G x <= h`` (0 for inactive rows). When the status is
+            INFEASIBLE by weak duality they are the certificate (their dual value exceeds every
+            objective value over the device sets), not optimal multipliers.
+        lam_soc: ``(m_soc,)`` multipliers of the cone rows (the norm of the 2-D dual vector).
+        active_lin, active_soc: Boolean masks of the rows with a positive multiplier.
+        warm: :class:`WarmStart` for the next call.
+        message: Empty when optimal; otherwise what happened (e.g. which device set is empty).
+        info: Counters ``{"newton_steps", "fallback_steps", "working_set_max", "dual_value"}``.
+    """
+
+    __slots__ = ("x", "status", "objective", "iterations", "_kkt", "lam_lin", "lam_soc", "active_lin",
+                 "active_soc", "warm", "message", "_info")
+
+    # the dicts are built on access: most callers on the hot path never read them
+    @property
+    def kkt(self) -> dict:
+        return dict(zip(_KKT_NAMES, self._kkt.tolist()))
+
+    @property
+    def info(self) -> dict:
+        i = self._info
+        return {"newton_steps": int(i[5]), "fallback_steps": int(i[6]), "working_set_max": int(i[7]),
+                "dual_value": float(i[4])}
+
+    def __repr__(self) -> str:
+        return (f"QPResult(status={self.status.name}, objective={self.objective:.6g}, "
+                f"iterations={self.iterations}, active_lin={int(self.active_lin.sum())}, "
+                f"active_soc={int(self.active_soc.sum())})")
+
+
+def _as_vec(a, name: str, n: int) -> np.ndarray:
+    """``a`` as a C-contiguous float64 ``(n,)`` array (a scalar is broadcast); no copy when it
+    already is one. Raises InputError naming ``name``."""
+    if type(a) is np.ndarray and a.dtype == np.float64 and a.shape == (n,) and a.flags.c_contiguous:
+        return a
+    try:
+        arr = np.ascontiguousarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"expected a float array of shape ({n},): {exc}", name) from None
+    if arr.ndim == 0:
+        return np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise InputError(f"expected shape ({n},), got {arr.shape}", name)
+    return arr
+
+
+def _csr(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indptr, indices, data) of a dense matrix, int64 indices."""
+    nzr, nzc = np.nonzero(M)
+    return (np.searchsorted(nzr, np.arange(M.shape[0] + 1)).astype(np.int64), nzc.astype(np.int64),
+            np.ascontiguousarray(M[nzr, nzc]))
+
+
+class StructuredQP:
+    """Projection onto device sets intersected with linear and second-order-cone rows.
+
+    Set up once per feeder with the static data (``G``, ``A``); each :meth:`solve` takes the
+    dynamic data. See the module docstring for the problem and the algorithm.
+
+    Args:
+        n_pv: Number of inverters (2-D devices: ``p``, ``q``).
+        n_sc: Number of scalar devices (``e``).
+        G: ``(m, n)`` dense matrix of the linear rows ``G x <= h`` (``m`` may be 0).
+        A: ``(m_soc, 2, n)`` matrices of the cone rows ``||A_j x + c_j|| <= S_j`` (may be
+            ``(0, 2, n)``). ``None`` means no rows of that kind.
+
+    Raises:
+        InputError: wrong shapes, a negative size, or non-finite entries in ``G`` or ``A``
+            (``field`` is ``"n_pv"``, ``"n_sc"``, ``"G"`` or ``"A"``).
+    """
+
+    def __init__(self, n_pv: int, n_sc: int, G: np.ndarray | None, A: np.ndarray | None):
+        for name, val in (("n_pv", n_pv), ("n_sc", n_sc)):
+            if isinstance(val, bool) or not isinstance(val, int | np.integer) or val < 0:
+                raise InputError(f"expected an integer >= 0, got {val!r}", name)
+        n_pv, n_sc = int(n_pv), int(n_sc)
+        n = 2 * n_pv + n_sc
+        if n == 0:
+            raise InputError("expected at least one device (n_pv + n_sc > 0)", "n_pv")
+        G = np.zeros((0, n)) if G is None else G
+        A = np.zeros((0, 2, n)) if A is None else A
+        try:
+            G = np.array(G, dtype=np.float64, order="C", copy=True)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"expected a float matrix: {exc}", "G") from None
+        try:
+            A = np.array(A, dtype=np.float64, order="C", copy=True)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"expected a float array: {exc}", "A") from None
+        if G.ndim != 2 or G.shape[1] != n:
+            raise InputError(f"expected shape (m, {n}) with n = 2*n_pv + n_sc, got {G.shape}", "G")
+        if A.ndim != 3 or A.shape[1:] != (2, n):
+            raise InputError(f"expected shape (m_soc, 2, {n}), got {A.shape}", "A")
+        if not np.isfinite(G).all():
+            raise InputError("expected finite entries", "G")
+        if not np.isfinite(A).all():
+            raise InputError("expected finite entries", "A")
+        self.n_pv, self.n_sc, self.n = n_pv, n_sc, n
+        self.m, self.m_soc = G.shape[0], A.shape[0]
+        G.setflags(write=False)
+        A.setflags(write=False)
+        self.G, self.A = G, A
+
+        # Rows scaled to unit norm (spectral norm for the 2 x n cone blocks): residuals become
+        # distances in x-space, so one tolerance fits every row, and the dual Newton matrix is
+        # well scaled whatever the units of the rows. All-zero rows are constants, checked apart.
+        gn = np.linalg.norm(G, axis=1) if self.m else np.zeros(0)
+        an = np.array([np.linalg.norm(A[j], 2) for j in range(self.m_soc)]) if self.m_soc else np.zeros(0)
+        self._lin_map = np.flatnonzero(gn > 0).astype(np.int64)
+        self._soc_map = np.flatnonzero(an > 0).astype(np.int64)
+        self._zero_lin = np.flatnonzero(gn == 0).astype(np.int64)
+        self._zero_soc = np.flatnonzero(an == 0).astype(np.int64)
+        mp, msp = self._lin_map.size, self._soc_map.size
+        nrow = mp + 2 * msp
+        M = np.empty((nrow, n))
+        M[:mp] = G[self._lin_map] / gn[self._lin_map, None]
+        if msp:
+            M[mp:] = (A[self._soc_map] / an[self._soc_map, None, None]).reshape(2 * msp, n)
+        # sparse copies: on large feeders a row involves only the inverters of one lateral
+        self._mp, self._mi, self._mv = _csr(M)
+        self._G_csr = _csr(G)
+        self._A_csr = _csr(A.reshape(2 * self.m_soc, n))
+        self._bnorm = np.concatenate([gn[self._lin_map], np.repeat(an[self._soc_map], 2)])
+        # Lipschitz constant of the dual gradient is ||M W^-1/2||^2 <= max(1/w) ||M||^2
+        self._L2 = float(np.linalg.norm(M, 2) ** 2) if nrow else 1.0
+        self._nrow = nrow
+        self._soc_of_row = np.zeros(nrow, dtype=np.int64)
+        if msp:
+            self._soc_of_row[mp:] = np.repeat(np.arange(msp), 2)
+
+        # work arrays (owned by the instance: not thread-safe)
+        cap = max(2, min(nrow, max(64, 2 * n + 16)))
+        i8 = np.int64
+        npv_ = max(n_pv, 1)
+        self._work = (
+            np.empty(n), np.empty(n), np.empty(n), np.empty(max(nrow, 1)), np.empty(max(msp, 1)),  # r w winv b Sp
+            np.empty(npv_), np.empty(npv_), np.empty(npv_), np.empty(npv_), np.empty(npv_),      # plo phi qlo qhi s
+            np.zeros(npv_, dtype=np.bool_), np.empty(npv_), np.empty(npv_),                      # haspf th ih
+            np.empty(n), np.empty(n), np.empty(n), np.empty(max(nrow, 1)), np.empty(max(nrow, 1)),  # v x xt g gt
+            np.zeros(n_pv + n_sc + 1, dtype=i8), np.zeros(npv_), np.zeros(npv_), np.zeros(npv_),  # jkind jtp jtq jk
+            np.zeros(n_pv + n_sc + 1, dtype=i8), np.zeros(npv_), np.zeros(npv_), np.zeros(npv_),  # trial copies
+            np.zeros((npv_, 32, 2)), np.full(npv_, -1, dtype=i8),                               # verts nvert
+            np.zeros(max(nrow, 1)),                                                             # zt
+            np.zeros(cap, dtype=i8), np.zeros(cap, dtype=i8),                                   # fent_row fent_kind
+            np.zeros(cap), np.zeros(cap),                                                       # fent_u0 u1
+            np.zeros((cap, n)), np.zeros((cap, cap)), np.zeros((cap, cap)),                     # Bt K Kf
+            np.zeros(cap), np.zeros(cap),                                                       # rhs dz
+            np.zeros(max(nrow, 1), dtype=i8), np.zeros(max(nrow, 1)),                           # cand cand_v
+            np.zeros(n, dtype=i8), np.zeros(n), np.full(n, -1, dtype=i8),                        # ecol_of ecoef stamp
+            np.zeros((cap, n), dtype=i8), np.zeros(cap, dtype=i8), np.zeros(n),                 # elist ecnt acc_v
+            self._soc_of_row, np.zeros(n), np.zeros((_ADD_MAX, n)),                            # dirv picked
+            np.zeros((_ADD_MAX, n), dtype=i8), np.zeros(_ADD_MAX, dtype=i8), np.zeros(n, dtype=i8),  # pcols pcnt clist
+            np.zeros(max(nrow, 1), dtype=i8), np.zeros(max(nrow, 1), dtype=np.bool_),             # memb is_memb
+            np.zeros(n), np.zeros(max(nrow, 1)),                                                # xref gref
+        )
+        self._zero_z = np.zeros(nrow)
+        self._empty_c = np.zeros((0, 2))
+        self._id = id(self)
+        self.add_max = _ADD_MAX
+        self.reg = 1e-2
+
+    def solve(self, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S, *,
+              warm: WarmStart | None = None, tol: float = 1e-9, max_iter: int = 200) -> QPResult:
+        """Project the raw set-points ``r = [rp | rq | re]`` onto the feasible set.
+
+        Args:
+            rp, rq: ``(n_pv,)`` raw active / reactive set-points (e.g. MW, MVAr).
+            re: ``(n_sc,)`` raw scalar set-points.
+            wp: ``(n_pv,)`` weights > 0 of the inverters (same weight on p and q).
+            we: ``(n_sc,)`` weights > 0 of the scalar devices.
+            p_lo, p_hi, q_lo, q_hi: ``(n_pv,)`` box bounds (``-inf`` / ``inf`` allowed: the disk
+                bounds the set anyway); ``lo <= hi``.
+            s: ``(n_pv,)`` apparent-power ratings, finite, >= 0 (``p^2 + q^2 <= s^2``).
+            t: ``(n_pv,)`` power-factor cone slopes ``|q| <= t p``, >= 0; ``inf`` = no limit.
+            e_lo, e_hi: ``(n_sc,)`` bounds of the scalar devices (``e_lo <= e_hi``).
+            h: ``(m,)`` finite right-hand sides of ``G x <= h``.
+            c: ``(m_soc, 2)`` finite offsets of the cone rows.
+            S: ``(m_soc,)`` finite limits > 0 of the cone rows.
+            warm: The ``warm`` of an earlier result of this instance, or None (cold start).
+            tol: Stopping tolerance: linear rows met to ``tol * max(1, |x|)`` in the units of
+                ``x`` (after scaling each row to unit norm), cone rows to ``0.1 tol`` relative.
+            max_iter: Iteration limit.
+
+        Returns:
+            A :class:`QPResult`. ``status`` is OPTIMAL only when the KKT check passed.
+
+        Raises:
+            InputError: a wrong shape, NaN or an infinity where not allowed, ``lo > hi``, a
+                weight or ``S`` not > 0, ``s`` or ``t`` negative, a bad ``tol``/``max_iter``, or
+                a ``warm`` from another instance (``field`` names the argument).
+        """
+        npv, nsc, m, ms = self.n_pv, self.n_sc, self.m, self.m_soc
+        rp = _as_vec(rp, "rp", npv)
+        rq = _as_vec(rq, "rq", npv)
+        re = _as_vec(re, "re", nsc)
+        wp = _as_vec(wp, "wp", npv)
+        we = _as_vec(we, "we", nsc)
+        p_lo = _as_vec(p_lo, "p_lo", npv)
+        p_hi = _as_vec(p_hi, "p_hi", npv)
+        q_lo = _as_vec(q_lo, "q_lo", npv)
+        q_hi = _as_vec(q_hi, "q_hi", npv)
+        s = _as_vec(s, "s", npv)
+        t = _as_vec(t, "t", npv)
+        e_lo = _as_vec(e_lo, "e_lo", nsc)
+        e_hi = _as_vec(e_hi, "e_hi", nsc)
+        h = _as_vec(h, "h", m) if h is not None or m else np.zeros(0)
+        S = _as_vec(S, "S", ms) if S is not None or ms else np.zeros(0)
+        if c is None and ms == 0:
+            c = self._empty_c
+        elif not (type(c) is np.ndarray and c.dtype == np.float64 and c.shape == (ms, 2) and c.flags.c_contiguous):
+            try:
+                c = np.ascontiguousarray(c, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"expected a float array of shape ({ms}, 2): {exc}", "c") from None
+            if c.shape != (ms, 2):
+                raise InputError(f"expected shape ({ms}, 2), got {c.shape}", "c")
+        if not (isinstance(tol, float | int) and math.isfinite(tol) and tol > 0):
+            raise InputError(f"expected a finite tolerance > 0, got {tol!r}", "tol")
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer) or max_iter < 0:
+            raise InputError(f"expected an integer >= 0, got {max_iter!r}", "max_iter")
+        if warm is None:
+            z = np.zeros(self._nrow)
+            use_warm = False
+        else:
+            if not isinstance(warm, WarmStart) or warm.owner != self._id or warm.z.shape != (self._nrow,):
+                raise InputError("expected the .warm of an earlier result of this StructuredQP, or None", "warm")
+            z = warm.z.copy()
+            use_warm = True
+
+        x = np.empty(self.n)
+        lam_lin = np.empty(m)
+        lam_soc = np.empty(ms)
+        act_lin = np.empty(m, dtype=np.bool_)
+        act_soc = np.empty(ms, dtype=np.bool_)
+        kkt = np.empty(len(_KKT_NAMES))
+        info = np.empty(8)
+        code = _solve_core(npv, nsc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map,
+                           self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2,
+                           rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
+                           z, use_warm, float(tol), int(max_iter), self.add_max, self.reg, *self._work,
+                           x, lam_lin, lam_soc, act_lin, act_soc, kkt, info)
+        if code < 0:
+            field, idx, kind = int(info[1]), int(info[2]), int(info[3])
+            raise InputError(f"{_KIND_MSG[kind]}; bad entry at index {idx}", _FIELDS[field])
+        res = QPResult()
+        res.x = x
+        res.status = _STATUS[code]
+        res.objective = float(info[3])
+        res.iterations = int(info[0])
+        res._kkt = kkt
+        res._info = info
+        res.lam_lin = lam_lin
+        res.lam_soc = lam_soc
+        res.active_lin = act_lin
+        res.active_soc = act_soc
+        res.warm = WarmStart(z, self._id)
+        res.message = "" if code == _ST_OPT else self._message(code, info)
+        return res
+
+    def _message(self, code: int, info: np.ndarray) -> str:
+        why, which = int(info[1]), int(info[2])
+        if code == _ST_INF:
+            if why == _WHY_DEVICE:
+                return f"the set of inverter {which} is empty (box, disk and power-factor cone do not meet)"
+            if why == _WHY_ZERO_LIN:
+                return f"linear row {which} has G[{which}] = 0 and h < 0"
+            if why == _WHY_ZERO_SOC:
+                return f"cone row {which} has A[{which}] = 0 and ||c|| > S"
+            return ("the network rows cannot be met inside the device sets: the dual value exceeds the "
+                    "largest objective over the device sets (weak duality)")
+        if code == _ST_MAXIT:
+            return f"iteration limit reached ({int(info[0])} iterations)"
+        return "the KKT check failed at the final point (see kkt)"
