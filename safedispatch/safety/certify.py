@@ -163,7 +163,7 @@ def certify(layer, act: Action, snap: Snapshot, res, max_rounds: int = 6, margin
 def _lin_w(layer, mod, cur, snap):
     """Plain model squared voltages (no correction) at the result's set-points."""
     mn = mod.mn
-    ctx = dict(snap=snap, lim=mod.base_limits(), boundary=None, w_source=snap.v_root_pu**2, model="lindistflow")
+    ctx = layer._context(mod, snap, mod.base_limits(), model="lindistflow")
     pt = layer._evaluate(mod, cur.action.pv_p_mw[mn.pv], cur.action.pv_q_mvar[mn.pv], cur.action.ess_p_mw[mn.ess],
                          cur.action.cap_step[mn.cap], cur.shed_p_mw[mn.tree.bus[1:]] / mn.sn_mva, ctx)
     return pt.w

@@ -27,6 +27,7 @@ No exception escapes ``project`` for a valid input: invalid input raises
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -43,6 +44,7 @@ from safedispatch.network.feeder import Feeder
 from safedispatch.problems.projection import BIG, FORMULATIONS, DeviceBounds, ProjectionProgram, device_bounds
 from safedispatch.problems.types import Action, Snapshot, load_q_ratio
 from safedispatch.problems.zones import ModelNetwork, model_network
+from safedispatch.safety import kernels
 
 __all__ = ["ProjectionResult", "ProjectionStatus", "SafetyLayer", "project_action"]
 
@@ -50,6 +52,8 @@ __all__ = ["ProjectionResult", "ProjectionStatus", "SafetyLayer", "project_actio
 FEAS_TOL = 1e-7
 #: device tolerance: set-points are moved exactly onto device limits after a solve
 DEV_TOL = 1e-9
+#: models with more nodes evaluate LinDistFlow through the sparse tree instead of dense maps
+DENSE_MAX_NODES = 300
 #: largest number of capacitor step combinations enumerated (pruned by distance); above it
 #: the exact steps come from a branch and bound on the convex relaxation
 MAX_CAP_COMBINATIONS = 64
@@ -76,8 +80,9 @@ class ProjectionResult:
         branch_p_mw, branch_q_mvar: ``(n_branch,)`` model-predicted sending-end flows.
         correction_norm: Euclidean distance between raw and safe continuous set-points
             (MW/MVAr), capacitor steps counted in MVAr.
-        active: Names of the binding constraints, e.g. ``"vmax[17]"`` (bus), ``"thermal[3]"``
-            (branch), ``"disk[5]"`` (inverter), ``"p_hi[5]"``.
+        active: Names of the binding constraints, e.g. ``"vmax[17]"`` (0-based bus),
+            ``"thermal[3]"`` (branch), ``"disk[5]"`` (inverter), ``"p_hi[5]"`` (a property,
+            computed on first access).
         violation: Remaining model violation at the safe action: ``{"vm_pu": ..,
             "thermal_mva": ..}`` (0 when feasible).
         shed_p_mw: ``(n_bus,)`` load shed (supply preservation), zeros when none.
@@ -100,7 +105,6 @@ class ProjectionResult:
     branch_p_mw: np.ndarray
     branch_q_mvar: np.ndarray
     correction_norm: float
-    active: tuple = ()
     violation: dict = field(default_factory=lambda: {"vm_pu": 0.0, "thermal_mva": 0.0})
     shed_p_mw: np.ndarray | None = None
     energy_not_supplied_mwh: float = 0.0
@@ -114,6 +118,16 @@ class ProjectionResult:
     ac_vm_pu: np.ndarray | None = None
     ac_loading: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    _active: tuple | None = field(default=None, repr=False)
+    _active_fn: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def active(self) -> tuple:
+        """Names of the binding constraints (computed on first access: most callers in a
+        training loop never look)."""
+        if self._active is None:
+            self._active = tuple(self._active_fn()) if self._active_fn is not None else ()
+        return self._active
 
 
 @dataclass
@@ -126,6 +140,7 @@ class _Limits:
     d: np.ndarray | None = None
     Ep: np.ndarray | None = None
     Eq: np.ndarray | None = None
+    smax_qp: np.ndarray | None = None
 
 
 @dataclass
@@ -155,6 +170,36 @@ class _Model:
         self.Rw, self.Xw, self.S = lindistflow.affine_maps(tree)
         self.Bpv, self.Bess, self.Bcap = mn.incidence(mn.pv_node), mn.incidence(mn.ess_node), mn.incidence(mn.cap_node)
         self._programs: dict = {}
+        self._base = None
+        pf = layer.feeder.pv.pf_min[mn.pv]
+        self.s_pv = layer.feeder.pv.s_mva[mn.pv].copy()
+        self.t_pv = np.where(pf > 0, np.tan(np.arccos(np.clip(pf, 1e-12, 1.0))), np.inf)
+        # stacked affine maps: [w; P; Q] = Mc @ [p_inj; q_inj] (+ w_source on the w rows), and
+        # the same as a function of the set-points x = [p | q | e] and of the capacitor steps
+        m, sn = tree.n - 1, mn.sn_mva
+        self.nodes = tree.bus[1:]
+        Bx_p = np.hstack([self.Bpv, np.zeros_like(self.Bpv), self.Bess]) / sn
+        Bx_q = np.hstack([np.zeros_like(self.Bpv), self.Bpv, np.zeros_like(self.Bess)]) / sn
+        Bcap_q = self.Bcap * layer.feeder.cap.q_step_mvar[mn.cap] / sn
+        # small models: dense stacked maps (a few BLAS calls); large ones: the tree's sparse
+        # path matrix, linear in the number of buses (a dense 3m x 2m product on a 1000-bus
+        # feeder costs milliseconds and contends for threads)
+        self.dense = m <= DENSE_MAX_NODES
+        if self.dense:
+            Z = np.zeros((m, m))
+            self.Mc = np.block([[self.Rw, self.Xw], [-self.S, Z], [Z, -self.S]])
+            self.Gx = self.Mc @ np.vstack([Bx_p, Bx_q])
+            self.Gcap = self.Mc[:, m:] @ Bcap_q
+        else:
+            import scipy.sparse as sp
+
+            self.S_sp = sp.csr_matrix(self.S)
+            self.ST_sp = self.S_sp.T.tocsr()
+            self.r2, self.x2 = 2 * tree.r_pu[1:], 2 * tree.x_pu[1:]
+            self.Bx_p, self.Bx_q = sp.csr_matrix(Bx_p), sp.csr_matrix(Bx_q)
+            self.Bcap_q = Bcap_q
+        self._fast = None
+        self._fast_warm: dict = {}
         f = layer.feeder
         m = tree.n - 1
         self.wmin0 = tree.vm_min_pu[1:] ** 2
@@ -186,9 +231,58 @@ class _Model:
                 caps_relaxed=caps_relaxed, cap_weight=L.cap_weight)
         return self._programs[key]
 
+    def lin(self, pi, qi) -> np.ndarray:
+        """LinDistFlow ``[w - w_source; P; Q]`` (3m,) of node injections ``pi, qi`` (pu)."""
+        if self.dense:
+            return self.Mc @ np.concatenate([pi, qi])
+        P = -(self.S_sp @ pi)
+        Q = -(self.S_sp @ qi)
+        return np.concatenate([-(self.ST_sp @ (self.r2 * P + self.x2 * Q)), P, Q])
+
+    def lin_x(self, x) -> np.ndarray:
+        """The part of :meth:`lin` due to the set-points ``x = [p | q | e]``."""
+        return self.Gx @ x if self.dense else self.lin(self.Bx_p @ x, self.Bx_q @ x)
+
+    def lin_cap(self, cap) -> np.ndarray | float:
+        """The part of :meth:`lin` due to the capacitor steps."""
+        if self.mn.cap.size == 0:
+            return 0.0
+        cap = np.asarray(cap, float)
+        return self.Gcap @ cap if self.dense else self.lin(np.zeros(self.nodes.size), self.Bcap_q @ cap)
+
+    @property
+    def fast(self):
+        """The structured QP of this model (LinDistFlow, continuous devices), built on first use:
+        ``x = [p | q | e]`` (MW, MVAr), voltage rows ``[G; -G] x <= [wmax - c; c - wmin]``
+        plus the short-circuit-ratio rows, and one 2-D cone per branch for its apparent power."""
+        if self._fast is None:
+            from safedispatch.backends.structured_qp import StructuredQP
+
+            mn, sn = self.mn, self.mn.sn_mva
+            n_pv, n_ess = mn.pv.size, mn.ess.size
+            Gw = np.hstack([self.Rw @ self.Bpv, self.Xw @ self.Bpv, self.Rw @ self.Bess]) / sn
+            rows = [Gw, -Gw]
+            for idx, _cap in self.weak:
+                r = np.zeros((1, 2 * n_pv + n_ess))
+                r[0, idx] = 1.0
+                rows.append(r)
+            SB = -self.S @ self.Bpv / sn
+            SE = -self.S @ self.Bess / sn
+            m = self.mn.tree.n - 1
+            A = np.zeros((m, 2, 2 * n_pv + n_ess))
+            A[:, 0, :n_pv] = SB
+            A[:, 0, 2 * n_pv:] = SE
+            A[:, 1, n_pv:2 * n_pv] = SB
+            self._fast = StructuredQP(n_pv, n_ess, np.vstack(rows), A)
+            self._fast_warm = {}
+        return self._fast
+
     def base_limits(self) -> _Limits:
-        return _Limits(wmin=self.wmin0 + self.margin_w, wmax=self.wmax0 - self.margin_w,
-                       smax=np.maximum(self.smax0 - self.margin_s, 0.0))
+        """The limits with the uncertainty margins (built once; treat as read-only)."""
+        if self._base is None:
+            self._base = _Limits(wmin=self.wmin0 + self.margin_w, wmax=self.wmax0 - self.margin_w,
+                                 smax=np.maximum(self.smax0 - self.margin_s, 0.0))
+        return self._base
 
 
 class SafetyLayer:
@@ -221,7 +315,10 @@ class SafetyLayer:
         socp_loss_weight: SOCP model only: weight (MW^2 per MW) of the relaxed losses added to
             the distance, which drives the relaxation to be exact (tight cones); the relaxation
             gap is reported in ``result.info``.
-        solvers: Solver fallback chain for the convex solves.
+        fast: Use the structured active-set QP (:mod:`safedispatch.backends.structured_qp`)
+            for LinDistFlow projections with continuous devices (exact, warm-started); any
+            outcome other than optimal or certified infeasible falls back to the CVXPY path.
+        solvers: Solver fallback chain for the CVXPY path.
 
     Raises:
         InputError: unknown model, bad weights or margins.
@@ -230,7 +327,7 @@ class SafetyLayer:
     def __init__(self, feeder: Feeder, model: str = "lindistflow", zones=None, weights_pv=None, weights_ess=None,
                  cap_weight: float = 1.0, scr_min: float | None = None, pv_error_sd_mw=None,
                  confidence: float = 0.95, socp_loss_weight: float = 1e-2, zone_rounds: int = 1,
-                 solvers=cvxpy_.DEFAULT_SOLVERS):
+                 fast: bool = True, solvers=cvxpy_.DEFAULT_SOLVERS):
         if model not in FORMULATIONS:
             raise InputError(f"expected one of {sorted(FORMULATIONS)}, got {model!r}", "model")
         self.feeder, self.model = feeder, model
@@ -254,6 +351,7 @@ class SafetyLayer:
             raise InputError(f"expected a finite weight >= 0, got {socp_loss_weight}", "socp_loss_weight")
         self.socp_loss_weight = float(socp_loss_weight)
         self.solvers = tuple(solvers)
+        self.fast = bool(fast)
         if zones is None:
             self.models = [_Model(self, model_network(feeder))]
         elif isinstance(zones, str) and zones == "feeder":
@@ -321,8 +419,7 @@ class SafetyLayer:
         bounds = device_bounds(f, mn, snap)
         rp, rq, re = act.pv_p_mw[mn.pv], act.pv_q_mvar[mn.pv], act.ess_p_mw[mn.ess]
         raw_cap = act.cap_step[mn.cap]
-        ws = snap.v_root_pu**2 if w_source is None else w_source
-        ctx = dict(snap=snap, bounds=bounds, lim=lim, boundary=boundary, w_source=ws, model=model or self.model)
+        ctx = self._context(mod, snap, lim, bounds, boundary, w_source, model)
         zero_shed = np.zeros(mn.tree.n - 1)
         # 1. the raw action may already be feasible
         if ctx["model"] == "socp" and mn.zone is None and lim.d is None:
@@ -348,16 +445,28 @@ class SafetyLayer:
         return self._result(mod, act, snap, pt, status, ctx, stats=stats)
 
     # -- evaluation ------------------------------------------------------------------------
+    def _context(self, mod: _Model, snap: Snapshot, lim: _Limits, bounds=None, boundary=None, w_source=None,
+                 model: str | None = None) -> dict:
+        """Everything one projection call shares: the snapshot, limits, device bounds, and the
+        uncontrolled part of the injections with the model state it alone would give."""
+        mn = mod.mn
+        ws = snap.v_root_pu**2 if w_source is None else w_source
+        sn, nodes = mn.sn_mva, mod.nodes
+        pi0 = -np.asarray(snap.load_p_mw)[nodes] / sn
+        qi0 = -np.asarray(snap.load_q_mvar)[nodes] / sn + mn.tree.b_pu[1:]
+        if boundary is not None:
+            pi0 = pi0 - boundary[0]
+            qi0 = qi0 - boundary[1]
+        base0 = mod.lin(pi0, qi0)
+        base0[:pi0.size] += ws
+        return dict(snap=snap, bounds=bounds, lim=lim, boundary=boundary, w_source=ws, model=model or self.model,
+                    pi0=pi0, qi0=qi0, base0=base0)
+
     def _node_injection(self, mod: _Model, p, q, e, cap, shed, ctx):
         """Injections at nodes 1..n-1 (pu) of the model for given set-points."""
-        mn, snap, sn = mod.mn, ctx["snap"], mod.mn.sn_mva
-        nodes = mn.tree.bus[1:]
-        pi = mod.Bpv @ p / sn + mod.Bess @ e / sn - np.asarray(snap.load_p_mw)[nodes] / sn + shed
-        qi = (mod.Bpv @ q / sn - np.asarray(snap.load_q_mvar)[nodes] / sn + mn.tree.b_pu[1:]
-              + self._cap_q(mod, cap) + shed * load_q_ratio(snap)[nodes])
-        if ctx["boundary"] is not None:
-            pi = pi - ctx["boundary"][0]
-            qi = qi - ctx["boundary"][1]
+        sn = mod.mn.sn_mva
+        pi = ctx["pi0"] + mod.Bpv @ p / sn + mod.Bess @ e / sn + shed
+        qi = ctx["qi0"] + mod.Bpv @ q / sn + self._cap_q(mod, cap) + shed * load_q_ratio(ctx["snap"])[mod.nodes]
         return pi, qi
 
     def _cap_q(self, mod: _Model, cap):
@@ -367,14 +476,18 @@ class SafetyLayer:
     def _evaluate(self, mod: _Model, p, q, e, cap, shed, ctx) -> _Point | None:
         """Model state at given set-points: LinDistFlow directly; SOCP by a fixed-injection
         solve (the relaxation's feasible set), None when that finds no state."""
-        pi, qi = self._node_injection(mod, p, q, e, cap, shed, ctx)
         lim = ctx["lim"]
         if ctx["model"] == "lindistflow":
-            w = ctx["w_source"] + mod.Rw @ pi + mod.Xw @ qi
+            y = ctx["base0"] + mod.lin_x(np.concatenate([p, q, e])) + mod.lin_cap(cap)
+            if shed.any():
+                y = y + mod.lin(shed, shed * load_q_ratio(ctx["snap"])[mod.nodes])
+            m = mod.nodes.size
+            w, P, Q = y[:m], y[m:2 * m], y[2 * m:]
             if lim.d is not None:
                 ctrl = self._ctrl_injection(mod, p, q, e)
                 w = w + lim.d + lim.Ep @ ctrl[0] + lim.Eq @ ctrl[1]
-            return _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=shed, w=w, P=-mod.S @ pi, Q=-mod.S @ qi)
+            return _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=shed, w=w, P=P, Q=Q)
+        pi, qi = self._node_injection(mod, p, q, e, cap, shed, ctx)
         fixed = DeviceBounds(p_lo=p, p_hi=p, q_lo=q, q_hi=q, e_lo=e, e_hi=e)
         ctx2 = dict(ctx, bounds=fixed)
         prog = mod.program(soft=True, correction=lim.d is not None, model=ctx["model"])
@@ -418,15 +531,8 @@ class SafetyLayer:
         return (mod.Bpv[prog_nodes] @ p + mod.Bess[prog_nodes] @ e) / sn, mod.Bpv[prog_nodes] @ q / sn
 
     def _device_feasible(self, mod: _Model, p, q, e, b: DeviceBounds, tol: float = DEV_TOL) -> bool:
-        f, mn = self.feeder, mod.mn
-        s = f.pv.s_mva[mn.pv]
-        ok = (np.all(p >= b.p_lo - tol) and np.all(p <= b.p_hi + tol) and np.all(q >= b.q_lo - tol)
-              and np.all(q <= b.q_hi + tol) and np.all(p * p + q * q <= s * s * (1 + 2 * tol) + tol)
-              and np.all(e >= b.e_lo - tol) and np.all(e <= b.e_hi + tol))
-        pf = f.pv.pf_min[mn.pv]
-        if ok and (pf > 0).any():
-            t = np.tan(np.arccos(pf[pf > 0]))
-            ok = bool(np.all(np.abs(q[pf > 0]) <= t * p[pf > 0] + tol))
+        v = kernels.device_violation(p, q, e, b.p_lo, b.p_hi, b.q_lo, b.q_hi, mod.s_pv, mod.t_pv, b.e_lo, b.e_hi)
+        ok = v <= tol * (1.0 + float(mod.s_pv.max(initial=0.0)))
         for idx, cap in mod.weak:
             ok = ok and p[idx].sum() <= cap + tol
         return bool(ok)
@@ -435,15 +541,7 @@ class SafetyLayer:
     def _network_violation(mod: _Model, pt: _Point, lim: _Limits):
         """(voltage violation in pu of magnitude, thermal violation in pu MVA, max of the
         violations in model units)."""
-        vw = np.maximum(pt.w - lim.wmax, 0).max(initial=0.0), np.maximum(lim.wmin - pt.w, 0).max(initial=0.0)
-        smag = np.hypot(pt.P, pt.Q)
-        vs = np.maximum(smag - lim.smax, 0).max(initial=0.0)
-        # report the voltage part in pu of magnitude (sqrt scale), with w clipped at 0
-        wpos = np.maximum(pt.w, 0)
-        vm = np.sqrt(wpos)
-        vmag = max(np.maximum(vm - np.sqrt(np.maximum(lim.wmax, 0)), 0).max(initial=0.0),
-                   np.maximum(np.sqrt(np.maximum(lim.wmin, 0)) - vm, 0).max(initial=0.0))
-        return vmag, vs, max(vw[0], vw[1], vs)
+        return kernels.network_violation(pt.w, pt.P, pt.Q, lim.wmin, lim.wmax, lim.smax)
 
     # -- solves ------------------------------------------------------------------------------
     def _set(self, mod: _Model, prog: ProjectionProgram, ctx, rp, rq, re, cap):
@@ -490,9 +588,65 @@ class SafetyLayer:
         out.sort(key=lambda t: t[1])
         return out
 
+    def _use_fast(self, mod: _Model, ctx) -> bool:
+        return (self.fast and ctx["model"] == "lindistflow" and ctx["lim"].d is None
+                and mod.mn.pv.size + mod.mn.ess.size > 0)
+
+    def _solve_fast(self, mod: _Model, rp, rq, re, cap, ctx):
+        """One projection with the structured QP; returns (point or None, status name,
+        iterations). None with "infeasible" is a certificate; other statuses fall back."""
+        from safedispatch.backends.structured_qp import QPStatus
+
+        mn, b, lim = mod.mn, ctx["bounds"], ctx["lim"]
+        qp = mod.fast
+        base = ctx["base0"] + mod.lin_cap(cap)
+        m = mod.nodes.size
+        cw = base[:m]
+        h = np.empty(2 * m + len(mod.weak))
+        np.subtract(lim.wmax, cw, out=h[:m])
+        np.subtract(cw, lim.wmin, out=h[m:2 * m])
+        for k, (_idx, cap_mw) in enumerate(mod.weak):
+            h[2 * m + k] = cap_mw
+        c = base[m:].reshape(2, m).T
+        if lim.smax_qp is None:  # cached per limits object: zero and infinite ratings made solver-safe
+            lim.smax_qp = np.clip(lim.smax, 1e-12, BIG)
+        smax = lim.smax_qp
+        key = tuple(np.asarray(cap).tolist())
+        res = qp.solve(rp, rq, re, self.weights_pv[mn.pv], self.weights_ess[mn.ess], b.p_lo, b.p_hi, b.q_lo, b.q_hi,
+                       mod.s_pv, mod.t_pv, b.e_lo, b.e_hi, h, c, smax,
+                       warm=mod._fast_warm.get(key))
+        if res.status == QPStatus.OPTIMAL:
+            mod._fast_warm[key] = res.warm
+            n_pv = mn.pv.size
+            x = res.x
+            p, q, e = self._onto_devices(mod, x[:n_pv].copy(), x[n_pv:2 * n_pv].copy(), x[2 * n_pv:].copy(), b)
+            pt = self._evaluate(mod, p, q, e, np.asarray(cap), np.zeros(mn.tree.n - 1), ctx)
+            wp, we = self.weights_pv[mn.pv], self.weights_ess[mn.ess]
+            pt.objective = float(np.sum(wp * ((p - rp) ** 2 + (q - rq) ** 2)) + np.sum(we * (e - re) ** 2))
+            pt.solver = "structured_qp"
+            return pt, "optimal", res.iterations
+        return None, ("infeasible" if res.status == QPStatus.INFEASIBLE else "failed"), res.iterations
+
     def _solve_hard(self, mod: _Model, rp, rq, re, raw_cap, ctx):
         if self._n_cap_combinations(mod) > MAX_CAP_COMBINATIONS:
             return self._branch_and_bound(mod, rp, rq, re, raw_cap, ctx)
+        if self._use_fast(mod, ctx):
+            best, best_total = None, np.inf
+            n = iters = 0
+            fallback = False
+            for cap, cap_cost in self._cap_candidates(mod, raw_cap):
+                if cap_cost >= best_total:
+                    break
+                pt, st, it = self._solve_fast(mod, rp, rq, re, cap, ctx)
+                n += 1
+                iters += it
+                if st == "failed":
+                    fallback = True
+                    break
+                if pt is not None and pt.objective + cap_cost < best_total:
+                    best, best_total = pt, pt.objective + cap_cost
+            if not fallback:
+                return best, (n, iters, "structured_qp" if best is not None else "", "")
         prog = mod.program(correction=ctx["lim"].d is not None, model=ctx["model"])
         best, best_total = None, np.inf
         iters = n = 0
@@ -607,29 +761,14 @@ class SafetyLayer:
     def _onto_devices(self, mod: _Model, p, q, e, b: DeviceBounds):
         """Move a solver answer (feasible to solver tolerance) exactly onto the device
         limits: the output never exceeds a rating or a bound, not even by 1e-9."""
-        s = self.feeder.pv.s_mva[mod.mn.pv]
-        p = np.clip(p, b.p_lo, b.p_hi)
-        q = np.clip(q, b.q_lo, b.q_hi)
-        mag = np.hypot(p, q)
-        over = mag > s
-        if over.any():
-            p[over] *= s[over] / mag[over]
-            q[over] *= s[over] / mag[over]
-            p[over] = np.clip(p[over], b.p_lo[over], b.p_hi[over])
-        pf = self.feeder.pv.pf_min[mod.mn.pv]
-        lim = pf > 0
-        if lim.any():
-            t = np.tan(np.arccos(pf[lim]))
-            q[lim] = np.clip(q[lim], -t * p[lim], t * p[lim])
-        e = np.clip(e, b.e_lo, b.e_hi)
+        p, q, e = (np.array(v, dtype=float) for v in (p, q, e))
+        kernels.onto_devices(p, q, e, b.p_lo, b.p_hi, b.q_lo, b.q_hi, mod.s_pv, mod.t_pv, b.e_lo, b.e_hi)
         return p, q, e
 
     def _device_only(self, mod: _Model, rp, rq, re, raw_cap, bounds, ctx) -> _Point:
         """Fallback when solvers fail: the raw action moved onto the device limits only."""
         p, q, e = self._onto_devices(mod, rp.copy(), rq.copy(), re.copy(), bounds)
-        pi, qi = self._node_injection(mod, p, q, e, raw_cap, np.zeros(mod.mn.tree.n - 1), ctx)
-        w = ctx["w_source"] + mod.Rw @ pi + mod.Xw @ qi
-        return _Point(p=p, q=q, e=e, cap=raw_cap, shed=np.zeros(mod.mn.tree.n - 1), w=w, P=-mod.S @ pi, Q=-mod.S @ qi)
+        return self._evaluate(mod, p, q, e, raw_cap, np.zeros(mod.mn.tree.n - 1), dict(ctx, model="lindistflow"))
 
     def _solve_soft(self, mod: _Model, rp, rq, re, raw_cap, ctx):
         """Lexicographic: (1) if any load is sheddable, shed the least load that makes the
@@ -719,25 +858,30 @@ class SafetyLayer:
         cap = act.cap_step.copy()
         p[mn.pv], q[mn.pv], e[mn.ess], cap[mn.cap] = pt.p, pt.q, pt.e, pt.cap
         safe = Action(pv_p_mw=p, pv_q_mvar=q, cap_step=cap, ess_p_mw=e)
-        vm = np.full(f.n_bus, np.nan)
-        vm[mn.tree.bus[1:]] = np.sqrt(np.maximum(pt.w, 0))
-        vm[mn.tree.bus[0]] = np.sqrt(ctx["w_source"])
-        vm = np.where(np.isnan(vm), 0.0, vm)
+        vm = np.zeros(f.n_bus)  # buses outside a zone model stay 0
+        vm[mod.nodes] = np.sqrt(np.maximum(pt.w, 0))
+        vm[mn.tree.bus[0]] = math.sqrt(ctx["w_source"])
         bp = np.zeros(f.n_branch)
         bq = np.zeros(f.n_branch)
-        bp[mn.tree.branch[1:]] = pt.P * mn.sn_mva
-        bq[mn.tree.branch[1:]] = pt.Q * mn.sn_mva
-        dq_cap = (pt.cap - act.cap_step[mn.cap]) * f.cap.q_step_mvar[mn.cap]
-        corr = float(np.sqrt(np.sum((pt.p - act.pv_p_mw[mn.pv]) ** 2) + np.sum((pt.q - act.pv_q_mvar[mn.pv]) ** 2)
-                             + np.sum((pt.e - act.ess_p_mw[mn.ess]) ** 2) + np.sum(dq_cap**2)))
-        lim = ctx["lim"]
-        vv, vs, _ = self._network_violation(mod, pt, lim)
-        shed = np.zeros(f.n_bus)
-        shed[mn.tree.bus[1:]] = pt.shed * mn.sn_mva
+        br = mn.tree.branch[1:]
+        bp[br] = pt.P * mn.sn_mva
+        bq[br] = pt.Q * mn.sn_mva
+        if status == ProjectionStatus.UNCHANGED:
+            corr = 0.0
+        else:
+            d = np.concatenate([pt.p - act.pv_p_mw[mn.pv], pt.q - act.pv_q_mvar[mn.pv], pt.e - act.ess_p_mw[mn.ess],
+                                (pt.cap - act.cap_step[mn.cap]) * f.cap.q_step_mvar[mn.cap]])
+            corr = math.sqrt(float(d @ d))
+        vv, vs, _ = self._network_violation(mod, pt, ctx["lim"])
+        if pt.shed.any():
+            shed = np.zeros(f.n_bus)
+            shed[mod.nodes] = pt.shed * mn.sn_mva
+        else:
+            shed = np.zeros(f.n_bus)
         return ProjectionResult(
             action=safe, status=ProjectionStatus(status), vm_pu=vm, branch_p_mw=bp, branch_q_mvar=bq,
-            correction_norm=corr if status != ProjectionStatus.UNCHANGED else 0.0,
-            active=self._active(mod, pt, ctx), violation={"vm_pu": float(vv), "thermal_mva": float(vs * mn.sn_mva)},
+            correction_norm=corr, _active_fn=lambda: self._active(mod, pt, ctx),
+            violation={"vm_pu": float(vv), "thermal_mva": float(vs * mn.sn_mva)},
             shed_p_mw=shed, energy_not_supplied_mwh=float(shed.sum() * snap.dt_h), objective=float(pt.objective),
             iterations=int(stats[1]), n_solves=int(stats[0]), solver=str(stats[2]),
             info={"zone": mn.zone, "model": ctx["model"], **pt.extra})
@@ -834,7 +978,7 @@ class SafetyLayer:
         corr = float(np.sqrt(sum(r.correction_norm**2 for r in subs)))
         return ProjectionResult(
             action=safe, status=ProjectionStatus(status), vm_pu=vm, branch_p_mw=bp, branch_q_mvar=bq,
-            correction_norm=corr, active=tuple(active), violation=viol, shed_p_mw=shed,
+            correction_norm=corr, _active=tuple(active), violation=viol, shed_p_mw=shed,
             energy_not_supplied_mwh=float(shed.sum() * snap.dt_h), objective=float(sum(r.objective for r in subs)),
             iterations=sum(r.iterations for r in subs), n_solves=sum(r.n_solves for r in subs),
             solver=",".join(sorted({r.solver for r in subs if r.solver})), info={"zones": subs})

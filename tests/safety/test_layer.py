@@ -27,6 +27,11 @@ def layers():
 
 
 @pytest.fixture(scope="module")
+def cvxpy_layers():
+    return {c: sd.SafetyLayer(sd.load_case(c), fast=False) for c in CASES}
+
+
+@pytest.fixture(scope="module")
 def mats():
     return {c: lindistflow_matrices(sd.load_case(c)) for c in CASES}
 
@@ -50,12 +55,16 @@ def random_action(f, rng):
                      cap_step=rng.integers(0, f.cap.n_steps + 1) if f.n_cap else None)
 
 
+@pytest.mark.parametrize("path", ["fast", "cvxpy"])
 @pytest.mark.parametrize("case,n", [("ieee33-paperB-4", 120), ("ieee33-paperB", 60), ("ieee33-paperC", 80)])
-def test_matches_independent_clarabel_projection(case, n, layers, mats):
+def test_matches_independent_clarabel_projection(case, n, path, layers, cvxpy_layers, mats):
     f = sd.load_case(case)
-    layer = layers[case]
+    layer = (layers if path == "fast" else cvxpy_layers)[case]
+    if path == "cvxpy":
+        n //= 3  # the slower path: fewer instances
     rng = np.random.default_rng(7)
     seen = {s: 0 for s in PS}
+    by_path = {True: 0, False: 0}
     for k in range(n):
         snap = random_snapshot(f, rng, ramp=k % 3 == 0)
         raw = random_action(f, rng)
@@ -75,7 +84,14 @@ def test_matches_independent_clarabel_projection(case, n, layers, mats):
         assert ours == pytest.approx(ref[0], rel=1e-5, abs=1e-7), (k, ours, ref[0])
         # the distance is also what the result reports
         assert res.correction_norm**2 == pytest.approx(ours, rel=1e-9, abs=1e-12)
+        if res.status == PS.PROJECTED:
+            by_path[res.solver == "structured_qp"] += 1
     assert seen[PS.PROJECTED] > n // 3  # the test exercises real projections
+    # the path under test answered (the fast path may hand a rare instance to the CVXPY path)
+    if path == "fast":
+        assert by_path[True] >= 0.95 * seen[PS.PROJECTED]
+    else:
+        assert by_path[True] == 0
 
 
 def test_feasible_raw_action_comes_back_unchanged_and_projection_is_idempotent(layers):
@@ -255,3 +271,23 @@ def test_branch_and_bound_matches_enumeration(monkeypatch):
             assert bnb.correction_norm == pytest.approx(enum.correction_norm, rel=1e-6, abs=1e-8)
             np.testing.assert_array_equal(bnb.action.cap_step, enum.action.cap_step)
             assert bnb.n_solves < 60  # pruning works
+
+
+def test_warm_start_saves_iterations():
+    """Build once, solve many: a slowly varying snapshot sequence (a day's PV ramp) needs
+    fewer iterations when each call starts from the previous call's active set."""
+    f = sd.load_case("ieee33-paperB")
+    warm, cold = sd.SafetyLayer(f), sd.SafetyLayer(f)
+    raw = sd.Action(pv_p_mw=f.pv.p_max_mw.copy(), pv_q_mvar=np.zeros(f.n_pv))
+    it_warm = it_cold = 0
+    for k, pv in enumerate(np.linspace(0.6, 1.0, 15)):
+        snap = sd.Snapshot.nominal(f, load=0.35, pv=pv)
+        a = warm.project(raw, snap)
+        cold.models[0]._fast_warm.clear()  # forget the previous call
+        b = cold.project(raw, snap)
+        assert a.status == b.status == PS.PROJECTED
+        np.testing.assert_allclose(a.action.to_vector(), b.action.to_vector(), atol=1e-7)
+        if k:
+            it_warm += a.iterations
+            it_cold += b.iterations
+    assert it_warm < it_cold, (it_warm, it_cold)
