@@ -1,0 +1,863 @@
+"""Benchmark: per-call latency of the safety layer's projection against CVXPY written by hand.
+
+Measures the wall time of one ``layer.project(action, snapshot)`` call of
+``sd.SafetyLayer(feeder, model="lindistflow")`` and, in the same process on the same random
+instances, of the same projection written as a user would in CVXPY (dense LinDistFlow, see
+:func:`_dense_network` and :func:`_dense_problem`) and solved with Clarabel:
+
+* **naive**: the problem built from scratch and solved on every call;
+* **DPP**: a parametrized (DPP) problem built once; each call writes the parameters and re-solves.
+
+On every instance the three answers are compared (objective to ``OBJ_RTOL`` relative); a
+mismatch is reported loudly, since the three solve the same convex problem. The three methods
+alternate call by call; ours is also timed alone (its calls back to back), and the latency
+targets of the issue are printed beside the measurements (PASS / FAIL, exit status 0 either way).
+
+Each thread count runs in its own subprocess, because OMP_NUM_THREADS, MKL_NUM_THREADS,
+OPENBLAS_NUM_THREADS and NUMBA_NUM_THREADS are read only when numpy and numba are first
+imported. The parent collects the children's rows, prints one table (the first thread count,
+1 by default, is the headline; the others stand beside it in parentheses) and writes
+``solver_latency.json`` and ``solver_latency.md`` atomically to the output folder.
+
+Usage::
+
+    python benchmarks/solver_latency.py                  # 1 and 2 threads, all three cases
+    python benchmarks/solver_latency.py --threads 1      # single-thread only
+    python benchmarks/solver_latency.py --quick          # smoke test: fewer instances and calls
+    python benchmarks/solver_latency.py --cases ieee33-paperB-4 --out /tmp/bench
+
+The script exits 0 whether or not the latency targets are met; it exits non-zero only on an
+error (and 130 when interrupted, leaving earlier result files untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+DEFAULT_CASES = ("ieee33-paperB-4", "ieee33-paperB", "ieee33x30")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+VERSION_OF = ("safedispatch", "numpy", "scipy", "numba", "cvxpy", "clarabel")
+METHODS = ("ours", "dpp", "naive")
+
+#: per case, (full, quick): distinct random instances, timed passes over them for ours and DPP,
+#: and instances that also get a naive CVXPY call (one each, in the first pass: a naive call
+#: rebuilds the problem, tens of ms on ieee33 and about 0.1 s on the 991-bus feeder)
+PLAN = {
+    "ieee33-paperB-4": {"instances": (300, 40), "rounds": (5, 2), "naive": (100, 20)},
+    "ieee33-paperB": {"instances": (300, 40), "rounds": (5, 2), "naive": (100, 20)},
+    "ieee33x30": {"instances": (100, 10), "rounds": (5, 2), "naive": (20, 3)},
+}
+PLAN_DEFAULT = {"instances": (100, 20), "rounds": (3, 1), "naive": (20, 5)}
+
+#: random instances: one load scale per snapshot (times the nominal load of every bus), a PV
+#: availability fraction of ``pv.p_max_mw`` per inverter, and raw set-points p in
+#: [0, P_RAW_MAX] x s_mva and q in [-1, 1] x s_mva (so most raw actions need a projection)
+LOAD_RANGE = (0.2, 1.2)
+PV_RANGE = (0.0, 1.0)
+P_RAW_MAX = 1.2
+
+#: the objectives (squared distance, MW^2) must agree to this relative tolerance ...
+OBJ_RTOL = 1e-5
+#: ... of at least this magnitude: below it the comparison is absolute to OBJ_RTOL * OBJ_FLOOR =
+#: 1e-8 MW^2, Clarabel's default absolute gap tolerance (the hand-written problems use Clarabel's
+#: defaults, as a user would), so solver noise on a near-zero distance is not called a mismatch
+OBJ_FLOOR = 1e-3
+
+#: share of the machine's CPU time taken by other processes during a run above which the report
+#: warns that the figures are disturbed
+FOREIGN_CPU_NOTE = 0.10
+
+#: the issue's latency targets, judged on ours' median per call over the compared instances
+TARGETS = (
+    {"case": "ieee33-paperB-4", "label": "4 inverters", "median_s": 50e-6, "op": "<="},
+    {"case": "ieee33-paperB", "label": "48 inverters", "median_s": 300e-6, "op": "<="},
+    {"case": "ieee33x30", "label": "~1000-bus feeder, ~100 inverters", "median_s": 10e-3, "op": "<"},
+)
+
+
+# ----------------------------------------------------------------------------- child process
+
+
+def _dense_network(feeder) -> dict:
+    """Dense LinDistFlow data of the feeder, in MW / MVAr and squared-voltage pu.
+
+    With ``D[i, k] = 1`` iff non-root bus ``i`` lies on the root path of bus ``k`` (``k``
+    included), the squared voltages are ``w = v0^2 + R p_inj + X q_inj`` with
+    ``R = 2 D^T diag(r) D`` (``R[j, k]`` = 2 x the resistance shared by the root paths of ``j``
+    and ``k``; ``r = r_ohm / vn_kv^2``, base 1 MVA, so injections in MW need no per-unit
+    conversion), and the flow into bus ``i`` from its parent is ``P_i = -(D p_inj)_i``.
+
+    Args:
+        feeder: The feeder.
+
+    Returns:
+        ``{"R", "X"}``: ``(m, m)`` over the ``m`` non-root buses (``"bus"``, sorted);
+        ``"D"``: ``(n_rated, m)`` rows of the branches with a finite rating; ``"s_max"``:
+        ``(n_rated,)`` their ratings ``sqrt(3) vn_kv i_max_ka`` (MVA); ``"wmin"``, ``"wmax"``:
+        ``(m,)`` squared voltage limits; ``"Bpv"``: ``(m, n_pv)`` 0/1 placement of the inverters;
+        ``"line_charging_us"``: the largest ``|b_us|`` (ignored here, so the comparison is exact
+        only when it is 0).
+    """
+    import numpy as np
+
+    rs, br, vn = feeder.radial, feeder.branch, feeder.bus.vn_kv
+    bus = np.array([b for b in range(feeder.n_bus) if rs.parent[b] >= 0], dtype=np.int64)
+    m = bus.size
+    pos = np.full(feeder.n_bus, -1, dtype=np.int64)
+    pos[bus] = np.arange(m)
+    D = np.zeros((m, m))
+    for k in bus:
+        i = k
+        while rs.parent[i] >= 0:
+            D[pos[i], pos[k]] = 1.0
+            i = rs.parent[i]
+    brn = rs.parent_branch[bus]
+    r = br.r_ohm[brn] / vn[bus] ** 2
+    x = br.x_ohm[brn] / vn[bus] ** 2
+    s_max = np.sqrt(3.0) * vn[bus] * br.i_max_ka[brn]
+    rated = np.isfinite(s_max)
+    Bpv = np.zeros((m, feeder.n_pv))
+    on = pos[feeder.pv.bus] >= 0  # an inverter at the root bus injects into the slack: no effect
+    Bpv[pos[feeder.pv.bus[on]], np.flatnonzero(on)] = 1.0
+    return {"bus": bus, "R": 2.0 * D.T @ (r[:, None] * D), "X": 2.0 * D.T @ (x[:, None] * D),
+            "D": D[rated], "s_max": s_max[rated], "wmin": feeder.bus.vm_min_pu[bus] ** 2,
+            "wmax": feeder.bus.vm_max_pu[bus] ** 2, "Bpv": Bpv, "s_pv": np.asarray(feeder.pv.s_mva, float),
+            "line_charging_us": float(np.abs(br.b_us[br.in_service]).max(initial=0.0))}
+
+
+def _dense_problem(net: dict, load_p, load_q, avail, raw_p, raw_q, w0):
+    """The projection in CVXPY: the nearest inverter set-points that satisfy dense LinDistFlow.
+
+    The data arguments are numpy arrays (naive: a fresh problem per call) or ``cp.Parameter``
+    objects of the same shapes (DPP: built once), so both variants are literally the same model.
+
+    Args:
+        net: :func:`_dense_network`.
+        load_p, load_q: ``(m,)`` consumption at the non-root buses (MW, MVAr).
+        avail: ``(n_pv,)`` available PV power (MW).
+        raw_p, raw_q: ``(n_pv,)`` raw set-points (MW, MVAr).
+        w0: Squared root voltage (pu).
+
+    Returns:
+        ``(problem, p, q)``: the problem and its set-point variables.
+    """
+    import cvxpy as cp
+
+    n_pv = net["Bpv"].shape[1]
+    p, q = cp.Variable(n_pv, name="p"), cp.Variable(n_pv, name="q")
+    p_inj = net["Bpv"] @ p - load_p
+    q_inj = net["Bpv"] @ q - load_q
+    w = w0 + net["R"] @ p_inj + net["X"] @ q_inj
+    P, Q = -net["D"] @ p_inj, -net["D"] @ q_inj
+    cons = [w >= net["wmin"], w <= net["wmax"], p >= 0, p <= avail,
+            cp.norm(cp.vstack([p, q]), 2, axis=0) <= net["s_pv"]]
+    if net["s_max"].size:
+        cons.append(cp.norm(cp.vstack([P, Q]), 2, axis=0) <= net["s_max"])
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(p - raw_p) + cp.sum_squares(q - raw_q)), cons)
+    return problem, p, q
+
+
+def _model_violation(net: dict, load_p, load_q, avail, w0, p, q) -> float:
+    """Largest violation of the dense model's constraints at set-points ``p, q`` (squared
+    voltage pu, MVA, MW), an independent check of the layer's output."""
+    import numpy as np
+
+    pi, qi = net["Bpv"] @ p - load_p, net["Bpv"] @ q - load_q
+    w = w0 + net["R"] @ pi + net["X"] @ qi
+    s = np.hypot(net["D"] @ pi, net["D"] @ qi)
+    parts = [w - net["wmax"], net["wmin"] - w, s - net["s_max"], -p, p - avail, np.hypot(p, q) - net["s_pv"]]
+    return float(max(np.max(v, initial=0.0) for v in parts))
+
+
+def _instances(feeder, net: dict, n: int, seed: int) -> list[dict]:
+    """Seeded random snapshots and raw actions (see ``LOAD_RANGE``, ``PV_RANGE``, ``P_RAW_MAX``).
+
+    Returns:
+        One dict per instance: the public-API ``snapshot`` and ``action``, and the same numbers as
+        plain arrays for the hand-written problems (``load_p``, ``load_q`` at the non-root buses,
+        ``avail``, ``raw_p``, ``raw_q``, ``w0``).
+    """
+    import numpy as np
+
+    import safedispatch as sd
+
+    rng = np.random.default_rng(seed)
+    s = feeder.pv.s_mva
+    out = []
+    for _ in range(n):
+        snap = sd.Snapshot.nominal(feeder, load=float(rng.uniform(*LOAD_RANGE)), pv=0.0)
+        snap = snap.replace(pv_avail_mw=rng.uniform(*PV_RANGE, feeder.n_pv) * feeder.pv.p_max_mw)
+        act = sd.Action(pv_p_mw=rng.uniform(0.0, P_RAW_MAX, feeder.n_pv) * s,
+                        pv_q_mvar=rng.uniform(-1.0, 1.0, feeder.n_pv) * s)
+        out.append({"snapshot": snap, "action": act,
+                    "load_p": np.asarray(snap.load_p_mw, float)[net["bus"]],
+                    "load_q": np.asarray(snap.load_q_mvar, float)[net["bus"]],
+                    "avail": np.asarray(snap.pv_avail_mw, float), "raw_p": np.asarray(act.pv_p_mw, float),
+                    "raw_q": np.asarray(act.pv_q_mvar, float), "w0": float(snap.v_root_pu) ** 2})
+    return out
+
+
+def _stats(times: list[float]) -> dict | None:
+    """Median, p95 and friends of per-call times (s); None when there are none."""
+    import numpy as np
+
+    if not times:
+        return None
+    t = np.asarray(times)
+    return {"n_calls": int(t.size), "median_s": float(np.median(t)), "p95_s": float(np.percentile(t, 95)),
+            "mean_s": float(t.mean()), "min_s": float(t.min()), "max_s": float(t.max())}
+
+
+def _rel_dev(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b), OBJ_FLOOR)
+
+
+def _bench_case(name: str, quick: bool, seed: int, console: Console) -> dict:
+    """Every measurement of one case: ours, DPP and naive per call, and the agreement checks.
+
+    Pass 1 runs the three methods on every instance (naive on the first ``naive`` ones only) and
+    compares them; passes 2.. time ours and DPP again on the comparable instances (status
+    UNCHANGED or PROJECTED); then ours runs alone, the same number of passes back to back. Within
+    a pass the instances are visited in turn, so no call repeats the previous call's data (the
+    layer warm-starts from its previous solve), and the methods alternate their order per
+    instance, so a burst of foreign load hits all of them alike.
+
+    Returns:
+        The case's row: sizes, the plan, status counts, per-method latency statistics over the
+        comparable instances, ours alone and on INFEASIBLE ones, set-up times, ratios and checks.
+    """
+    import cvxpy as cp
+    import numpy as np
+
+    import safedispatch as sd
+
+    PS = sd.ProjectionStatus
+    feeder = sd.load_case(name)
+    plan = PLAN.get(name, PLAN_DEFAULT)
+    n_inst, rounds, n_naive = (plan[k][int(quick)] for k in ("instances", "rounds", "naive"))
+    n_naive = min(n_naive, n_inst)
+
+    with console.status(f"{name}: dense LinDistFlow data and {n_inst} instances"):
+        net = _dense_network(feeder)
+        inst = _instances(feeder, net, n_inst + 1, seed)
+        warm = inst.pop()  # set-up calls use their own instance: no timed call repeats the previous data
+
+    with console.status(f"{name}: set-up (SafetyLayer, DPP problem, first calls)"):
+        t0 = time.perf_counter()
+        layer = sd.SafetyLayer(feeder, model="lindistflow")
+        setup_layer = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        layer.project(warm["action"], warm["snapshot"])
+        first_ours = time.perf_counter() - t0
+
+        m, n_pv = net["bus"].size, feeder.n_pv
+        par = {"load_p": cp.Parameter(m), "load_q": cp.Parameter(m), "avail": cp.Parameter(n_pv),
+               "raw_p": cp.Parameter(n_pv), "raw_q": cp.Parameter(n_pv), "w0": cp.Parameter()}
+        t0 = time.perf_counter()
+        dpp, dp, dq = _dense_problem(net, par["load_p"], par["load_q"], par["avail"], par["raw_p"],
+                                     par["raw_q"], par["w0"])
+        if not dpp.is_dpp():
+            raise RuntimeError(f"{name}: the parametrized problem is not DPP; CVXPY would recompile every call")
+        setup_dpp = time.perf_counter() - t0
+
+        def call_dpp(d):
+            for k, v in par.items():
+                v.value = d[k]
+            dpp.solve(solver=cp.CLARABEL)
+            return dpp.status, dpp.value, dp.value, dq.value
+
+        def call_naive(d):
+            prob, p, q = _dense_problem(net, d["load_p"], d["load_q"], d["avail"], d["raw_p"], d["raw_q"], d["w0"])
+            prob.solve(solver=cp.CLARABEL)
+            return prob.status, prob.value, p.value, q.value
+
+        t0 = time.perf_counter()
+        call_dpp(warm)  # the first solve compiles the parameter-to-data map
+        first_dpp = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        call_naive(warm)  # CVXPY's own lazy imports and caches, not what we time
+        first_naive = time.perf_counter() - t0
+    console.log(f"{name}: {feeder.n_bus} buses, {n_pv} inverters; set-up: layer {setup_layer:.2f} s + first call "
+                f"{first_ours:.2f} s, DPP build {setup_dpp:.2f} s + first solve {first_dpp:.2f} s, naive first call "
+                f"{first_naive:.2f} s")
+
+    # Garbage collection must not bill one method for another's garbage: the heap built so far
+    # (libraries, the layer, the DPP problem) is frozen once, so an automatic full collection does
+    # not re-traverse it inside a timed call, and every timed call starts with empty young
+    # generations (gc.collect(1), untimed), so it pays only for collections its own allocations set off
+    gc.collect()
+    gc.freeze()
+    times = {k: [] for k in METHODS}
+    times_infeasible, times_alone = [], []
+    status, obj = [None] * n_inst, {k: [None] * n_inst for k in METHODS}
+    cvx_status = {"dpp": {}, "naive": {}}
+    solvers = {}  # res.solver of ours' pass-1 calls: which path answered
+    checks = {"status_mismatch": [], "obj_mismatch": [], "max_rel_dev": {"dpp": 0.0, "naive": 0.0},
+              "max_rel_dev_dpp_naive": 0.0, "max_violation_ours": 0.0, "max_objective_field_dev": 0.0,
+              "max_repeat_dev": 0.0}
+
+    def count(method, st):
+        cvx_status[method][st] = cvx_status[method].get(st, 0) + 1
+
+    with console.status(f"{name}: pass 1/{rounds}") as spin:
+        for i, d in enumerate(inst):
+            if i % 10 == 0:
+                spin.update(f"{name}: pass 1/{rounds} (all three, compared), instance {i + 1}/{n_inst}")
+            # ours first (its status decides whether naive runs), then the CVXPY pair in turn
+            out = {}
+            for meth in ("ours", *(("dpp", "naive") if i % 2 == 0 else ("naive", "dpp"))):
+                if meth == "naive" and (i >= n_naive or status[i] not in (PS.UNCHANGED, PS.PROJECTED)):
+                    continue
+                gc.collect(1)
+                t0 = time.perf_counter()
+                if meth == "ours":
+                    r = layer.project(d["action"], d["snapshot"])
+                elif meth == "dpp":
+                    r = call_dpp(d)
+                else:
+                    r = call_naive(d)
+                out[meth] = (r, time.perf_counter() - t0)
+                if meth == "ours":
+                    status[i] = r.status
+
+            res, t_ours = out["ours"]
+            st = res.status
+            solvers[res.solver or "(none)"] = solvers.get(res.solver or "(none)", 0) + 1
+            feasible = st in (PS.UNCHANGED, PS.PROJECTED)
+            pa, qa = np.asarray(res.action.pv_p_mw, float), np.asarray(res.action.pv_q_mvar, float)
+            dist = float(np.sum((pa - d["raw_p"]) ** 2 + (qa - d["raw_q"]) ** 2))
+            for meth in ("dpp", "naive"):
+                if meth in out:
+                    count(meth, out[meth][0][0])
+                    cvx_ok = out[meth][0][0] in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
+                    if cvx_ok != feasible:
+                        checks["status_mismatch"].append({"instance": i, "ours": st.name, meth: out[meth][0][0]})
+            if not feasible:
+                times_infeasible.append(t_ours)
+                continue
+            times["ours"].append(t_ours)
+            obj["ours"][i] = dist
+            checks["max_objective_field_dev"] = max(checks["max_objective_field_dev"], _rel_dev(res.objective, dist))
+            checks["max_violation_ours"] = max(checks["max_violation_ours"], _model_violation(
+                net, d["load_p"], d["load_q"], d["avail"], d["w0"], pa, qa))
+            for meth in ("dpp", "naive"):
+                if meth not in out:
+                    continue
+                (cst, cval, _, _), t = out[meth]
+                times[meth].append(t)
+                if cst not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+                    continue
+                obj[meth][i] = float(cval)
+                dev = _rel_dev(dist, float(cval))
+                checks["max_rel_dev"][meth] = max(checks["max_rel_dev"][meth], dev)
+                if dev > OBJ_RTOL:
+                    checks["obj_mismatch"].append({"instance": i, "method": meth, "ours": dist, meth: float(cval),
+                                                   "rel_dev": dev, "status": st.name})
+            if obj["naive"][i] is not None and obj["dpp"][i] is not None:
+                checks["max_rel_dev_dpp_naive"] = max(checks["max_rel_dev_dpp_naive"],
+                                                      _rel_dev(obj["dpp"][i], obj["naive"][i]))
+
+        comparable = [i for i in range(n_inst) if status[i] in (PS.UNCHANGED, PS.PROJECTED)]
+        for rnd in range(1, rounds):
+            for j, i in enumerate(comparable):
+                if j % 10 == 0:
+                    spin.update(f"{name}: pass {rnd + 1}/{rounds} (ours and DPP), instance {j + 1}/{len(comparable)}")
+                d = inst[i]
+                for meth in (("ours", "dpp") if (rnd + j) % 2 == 0 else ("dpp", "ours")):
+                    gc.collect(1)
+                    t0 = time.perf_counter()
+                    r = layer.project(d["action"], d["snapshot"]) if meth == "ours" else call_dpp(d)
+                    times[meth].append(time.perf_counter() - t0)
+                    if meth == "ours":
+                        pa, qa = np.asarray(r.action.pv_p_mw, float), np.asarray(r.action.pv_q_mvar, float)
+                        again = float(np.sum((pa - d["raw_p"]) ** 2 + (qa - d["raw_q"]) ** 2))
+                        checks["max_repeat_dev"] = max(checks["max_repeat_dev"], _rel_dev(again, obj["ours"][i]))
+            if rnd == 1:  # ours' other code path (soft solves), once per instance that needs it
+                for i in [i for i in range(n_inst) if status[i] not in (PS.UNCHANGED, PS.PROJECTED)]:
+                    gc.collect(1)
+                    t0 = time.perf_counter()
+                    layer.project(inst[i]["action"], inst[i]["snapshot"])
+                    times_infeasible.append(time.perf_counter() - t0)
+        # ours alone: the same calls back to back, without CVXPY's work between them evicting the
+        # layer's data from the caches (closer to a controller loop that only projects)
+        for rnd in range(rounds):
+            for j, i in enumerate(comparable):
+                if j % 10 == 0:
+                    spin.update(f"{name}: ours alone, pass {rnd + 1}/{rounds}, instance {j + 1}/{len(comparable)}")
+                gc.collect(1)
+                t0 = time.perf_counter()
+                layer.project(inst[i]["action"], inst[i]["snapshot"])
+                times_alone.append(time.perf_counter() - t0)
+
+    gc.unfreeze()
+    counts = {s.name: sum(1 for x in status if x == s) for s in PS}
+    lat = {k: _stats(v) for k, v in times.items()}
+    ratio = {k: (lat[k]["median_s"] / lat["ours"]["median_s"]) if lat[k] and lat["ours"] else None
+             for k in ("dpp", "naive")}
+    ratio_p95 = {k: (lat[k]["p95_s"] / lat["ours"]["p95_s"]) if lat[k] and lat["ours"] else None
+                 for k in ("dpp", "naive")}
+    checks["n_compared"] = {k: sum(1 for v in obj[k] if v is not None) for k in ("dpp", "naive")}
+    checks["n_obj_mismatch"] = len(checks["obj_mismatch"])
+    checks["n_status_mismatch"] = len(checks["status_mismatch"])
+    checks["obj_mismatch"] = checks["obj_mismatch"][:20]
+    checks["status_mismatch"] = checks["status_mismatch"][:20]
+    checks["cvxpy_status"] = cvx_status
+    objs = [v for v in obj["ours"] if v is not None]
+    row = {
+        "case": name, "n_bus": feeder.n_bus, "n_pv": n_pv, "instances": n_inst, "rounds": rounds,
+        "naive_instances": n_naive, "status_counts": counts, "ours_solver": solvers, "latency": lat,
+        "latency_ours_infeasible": _stats(times_infeasible), "latency_ours_alone": _stats(times_alone),
+        "ratio_median": ratio, "ratio_p95": ratio_p95,
+        "setup_s": {"layer_init": setup_layer, "layer_first_call": first_ours, "dpp_build": setup_dpp,
+                    "dpp_first_solve": first_dpp, "naive_first_call": first_naive},
+        "objective_mw2": {"median": float(np.median(objs)) if objs else None,
+                          "min": float(np.min(objs)) if objs else None},
+        "line_charging_us": net["line_charging_us"], "checks": checks,
+    }
+    ms = lambda s: f"{s * 1e3:.3f} ms" if s is not None else "-"  # noqa: E731
+    console.log(f"{name}: median ours {ms(lat['ours'] and lat['ours']['median_s'])}, DPP "
+                f"{ms(lat['dpp'] and lat['dpp']['median_s'])}, naive {ms(lat['naive'] and lat['naive']['median_s'])}; "
+                f"statuses {counts}; max rel. objective deviation DPP {checks['max_rel_dev']['dpp']:.1e}, "
+                f"naive {checks['max_rel_dev']['naive']:.1e}")
+    if checks["n_obj_mismatch"] or checks["n_status_mismatch"]:
+        console.log(f"[bold red]{name}: THE LAYER DISAGREES WITH CVXPY: {checks['n_obj_mismatch']} objective and "
+                    f"{checks['n_status_mismatch']} status mismatches[/bold red]")
+    return row
+
+
+def _cpu_snapshot() -> tuple | None:
+    """(machine busy CPU seconds, this process's CPU seconds, monotonic time); None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    t = os.times()
+    busy = (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+    return busy, t.user + t.system, time.monotonic()
+
+
+def _foreign_cpu(before: tuple | None, after: tuple | None) -> float | None:
+    """Share of the machine's CPU time used by other processes between two snapshots: the load
+    that competed with the measurement (a concurrent test run, say)."""
+    if before is None or after is None:
+        return None
+    wall = after[2] - before[2]
+    other = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, other) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
+
+
+def _child(args) -> int:
+    """Measure every case at one thread count and write the rows as JSON to ``args.child_json``."""
+    import numba
+
+    import safedispatch as sd
+
+    n = args.threads[0]
+    console = Console(stderr=True, log_path=False)
+    cpu_before = _cpu_snapshot()
+    rows, skipped = [], []
+    with warnings.catch_warnings(record=True) as caught:
+        # "default" keeps one record per source line, so a warning in the timing loop shows once
+        warnings.simplefilter("default")
+        for name in args.cases:
+            try:
+                rows.append(_bench_case(name, args.quick, args.seed, console))
+            except sd.BackendUnavailableError as exc:
+                console.log(f"[yellow]{name}: skipped: {exc}[/yellow]")
+                skipped.append({"case": name, "reason": str(exc)})
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel numba kernel ran
+        layer = None
+    seen, warns = set(), []
+    for w in caught:
+        key = (w.category.__name__, str(w.message)[:300], f"{w.filename}:{w.lineno}")
+        if key not in seen:
+            seen.add(key)
+            warns.append(dict(zip(("category", "message", "where"), key)))
+    result = {"threads": n, "numba_threads": numba.get_num_threads(), "numba_threading_layer": layer,
+              "env": {v: os.environ.get(v) for v in THREAD_VARS},
+              "foreign_cpu_share": _foreign_cpu(cpu_before, _cpu_snapshot()),
+              "rows": rows, "skipped": skipped, "warnings": warns}
+    Path(args.child_json).write_text(json.dumps(result))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parent process
+
+
+def _machine() -> dict:
+    """Platform, CPU and package versions, without importing the measured packages."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    versions = {}
+    for pkg in VERSION_OF:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "versions": versions,
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``,
+    so an interruption leaves either the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} us"
+    if s < 1.0:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def _fmt_ratio(x: float) -> str:
+    return f"{x:,.0f}x" if x >= 10 else f"{x:.2f}x"
+
+
+def _cells(values: list, fmt) -> str:
+    """Headline value, the other thread counts in parentheses."""
+    head = fmt(values[0]) if values[0] is not None else "-"
+    rest = [fmt(v) if v is not None else "-" for v in values[1:]]
+    return head + (f" ({', '.join(rest)})" if rest else "")
+
+
+def _get(r: dict, *path):
+    for k in path:
+        if r is None:
+            return None
+        r = r.get(k)
+    return r
+
+
+def _tables(runs: list[dict]) -> tuple[list, list, list, list]:
+    """Rows of the latency table and of the checks table, keyed on the headline run's cases."""
+    by_thread = [{r["case"]: r for r in run["rows"]} for run in runs]
+    lat_head = ["case", "buses", "inverters", "calls (ours/DPP/naive)", "ours median", "ours p95", "DPP median",
+                "DPP p95", "naive median", "naive p95", "naive / ours", "DPP / ours", "ours alone median"]
+    check_head = ["case", "UNCHANGED / PROJECTED / INFEASIBLE", "ours answered by", "compared (DPP/naive)",
+                  "max rel dev DPP", "max rel dev naive", "mismatches (objective/status)", "max model violation ours",
+                  "ours on INFEASIBLE (median)", "set-up: layer + 1st call / DPP build + 1st solve"]
+    lat, checks = [], []
+    for case, row in by_thread[0].items():
+        same = [bt.get(case) for bt in by_thread]
+
+        def col(*path, same=same):
+            return [_get(r, *path) for r in same]
+
+        n_calls = "/".join(str(_get(row, "latency", k, "n_calls") or 0) for k in METHODS)
+        lat.append([case, str(row["n_bus"]), str(row["n_pv"]), n_calls,
+                    _cells(col("latency", "ours", "median_s"), _fmt_time),
+                    _cells(col("latency", "ours", "p95_s"), _fmt_time),
+                    _cells(col("latency", "dpp", "median_s"), _fmt_time),
+                    _cells(col("latency", "dpp", "p95_s"), _fmt_time),
+                    _cells(col("latency", "naive", "median_s"), _fmt_time),
+                    _cells(col("latency", "naive", "p95_s"), _fmt_time),
+                    _cells(col("ratio_median", "naive"), _fmt_ratio),
+                    _cells(col("ratio_median", "dpp"), _fmt_ratio),
+                    _cells(col("latency_ours_alone", "median_s"), _fmt_time)])
+        present = [r for r in same if r is not None]
+        c = row["status_counts"]
+        n = max(1, row["instances"])
+        shares = " / ".join(f"{c.get(k, 0) / n:.0%}" for k in ("UNCHANGED", "PROJECTED", "INFEASIBLE"))
+        if c.get("SOLVER_FAILED"):
+            shares += f" (+{c['SOLVER_FAILED'] / n:.0%} SOLVER_FAILED)"
+        mism = (sum(r["checks"]["n_obj_mismatch"] for r in present),
+                sum(r["checks"]["n_status_mismatch"] for r in present))
+        s = row["setup_s"]
+        by = ", ".join(f"{k} {v / n:.0%}" for k, v in sorted(row["ours_solver"].items(), key=lambda kv: -kv[1]))
+        checks.append([case, shares, by,
+                       f"{row['checks']['n_compared']['dpp']}/{row['checks']['n_compared']['naive']}",
+                       f"{max(r['checks']['max_rel_dev']['dpp'] for r in present):.1e}",
+                       f"{max(r['checks']['max_rel_dev']['naive'] for r in present):.1e}",
+                       f"{mism[0]}/{mism[1]}" + (" MISMATCH" if any(mism) else ""),
+                       f"{max(r['checks']['max_violation_ours'] for r in present):.1e}",
+                       _fmt_time(row["latency_ours_infeasible"]["median_s"]) if row["latency_ours_infeasible"]
+                       else "-",
+                       f"{s['layer_init'] + s['layer_first_call']:.2f} s / "
+                       f"{s['dpp_build'] + s['dpp_first_solve']:.2f} s"])
+    return lat_head, lat, check_head, checks
+
+
+def _targets(runs: list[dict]) -> list[dict]:
+    """Each latency target per thread count: PASS, FAIL or not measured."""
+    out = []
+    for t in TARGETS:
+        per = []
+        for run in runs:
+            row = next((r for r in run["rows"] if r["case"] == t["case"]), None)
+            med = _get(row, "latency", "ours", "median_s")
+            p95 = _get(row, "latency", "ours", "p95_s")
+            alone = _get(row, "latency_ours_alone", "median_s")
+
+            def meets(x, t=t):
+                return x <= t["median_s"] if t["op"] == "<=" else x < t["median_s"]
+
+            per.append({"threads": run["threads"], "median_s": med, "p95_s": p95, "alone_median_s": alone,
+                        "verdict": "not measured" if med is None else ("PASS" if meets(med) else "FAIL"),
+                        "verdict_alone": None if alone is None else ("PASS" if meets(alone) else "FAIL")})
+        out.append({**t, "results": per})
+    return out
+
+
+def _target_lines(targets: list[dict]) -> list[str]:
+    lines = []
+    for t in targets:
+        parts = []
+        for r in t["results"]:
+            head = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}: "
+            if r["median_s"] is None:
+                parts.append(head + r["verdict"])
+                continue
+            alone = "" if r["alone_median_s"] is None else (f", alone {_fmt_time(r['alone_median_s'])}"
+                                                            f" {r['verdict_alone']}")
+            parts.append(head + f"median {_fmt_time(r['median_s'])} (p95 {_fmt_time(r['p95_s'])}) {r['verdict']}"
+                         + alone)
+        lines.append(f"Target: {t['label']} ({t['case']}): median {t['op']} {_fmt_time(t['median_s'])}. "
+                     + "; ".join(parts))
+    return lines
+
+
+def _notes(runs: list[dict]) -> list[str]:
+    """Things a reader of the table should know: disagreements (loudly), a busy machine, line
+    charging the hand-written model ignores, cells with few calls."""
+    notes = []
+    for run in runs:
+        n = run["threads"]
+        for r in run["rows"]:
+            c = r["checks"]
+            if c["n_obj_mismatch"]:
+                worst = max(c["obj_mismatch"], key=lambda e: e["rel_dev"])
+                notes.append(f"MISMATCH ({n}-thread run, {r['case']}): on {c['n_obj_mismatch']} instances the layer's "
+                             f"distance differs from CVXPY's by more than {OBJ_RTOL:g} relative (worst: instance "
+                             f"{worst['instance']}, ours {worst['ours']:.8g} vs {worst['method']} "
+                             f"{worst[worst['method']]:.8g} MW^2, status {worst['status']}). That is a bug in the "
+                             "layer (or in this script's model): see checks.obj_mismatch in the JSON.")
+            if c["n_status_mismatch"]:
+                notes.append(f"MISMATCH ({n}-thread run, {r['case']}): on {c['n_status_mismatch']} solves the layer's "
+                             "feasibility verdict differs from CVXPY's: see checks.status_mismatch in the JSON.")
+            if c["max_objective_field_dev"] > OBJ_RTOL:
+                notes.append(f"{n}-thread run, {r['case']}: res.objective differs from the squared distance of "
+                             f"res.action to the raw action by up to {c['max_objective_field_dev']:.1e} relative.")
+            if c["max_repeat_dev"] > OBJ_RTOL:
+                notes.append(f"{n}-thread run, {r['case']}: projecting the same instance again gave a distance "
+                             f"{c['max_repeat_dev']:.1e} (relative) away from the first answer.")
+            if c["max_violation_ours"] > 1e-6:
+                notes.append(f"{n}-thread run, {r['case']}: the layer's actions violate the hand-written dense "
+                             f"LinDistFlow model by up to {c['max_violation_ours']:.1e} (pu / MVA / MW).")
+        foreign = run.get("foreign_cpu_share")
+        if foreign is not None and foreign >= FOREIGN_CPU_NOTE:
+            notes.append(f"{n}-thread run: other processes used {foreign:.0%} of the machine's CPU time meanwhile, "
+                         "so its figures may be high and noisy (p95 most of all).")
+    for run in runs[1:]:
+        for r in run["rows"]:
+            head = next((h for h in runs[0]["rows"] if h["case"] == r["case"]), None)
+            a, b = _get(head, "latency", "ours", "median_s"), _get(r, "latency", "ours", "median_s")
+            if a and b and b > 1.5 * a:
+                notes.append(f"{r['case']}: ours is {b / a:.1f}x slower with {run['threads']} threads than with "
+                             f"{runs[0]['threads']}: more threads only add contention here (BLAS threads on a busy or "
+                             "small machine wait for each other).")
+    for r in runs[0]["rows"] if runs else []:
+        if r["line_charging_us"] > 0:
+            notes.append(f"{r['case']} has line charging (up to {r['line_charging_us']:g} uS), which the hand-written "
+                         "model ignores: objective deviations there are expected.")
+        n_naive = _get(r, "latency", "naive", "n_calls") or 0
+        if n_naive < 20:
+            notes.append(f"{r['case']}: naive CVXPY timed over {n_naive} calls only (it rebuilds the problem each "
+                         "call), so its p95 is rough.")
+    return notes
+
+
+def _markdown(report: dict, lat_head, lat, check_head, checks, target_lines: list[str]) -> str:
+    def table(head, rows):
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+
+    m = report["machine"]
+    threads = report["settings"]["threads"]
+    v = ", ".join(f"{k} {x}" for k, x in m["versions"].items() if x)
+    warns = [w for run in report["runs"] for w in run["warnings"]]
+    md = [
+        "# Projection latency: `SafetyLayer.project` vs hand-written CVXPY (Clarabel)", "",
+        f"Date: {report['date']}. Wall time: {report['wall_s']:.0f} s. Mode: {report['settings']['mode']}.", "",
+        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs ({m['cpu_affinity']} usable), {m['platform']}, "
+        f"Python {m['python']}.", "",
+        f"Versions: {v}.", "",
+        f"Wall time per call over the instances all three can answer (status UNCHANGED or PROJECTED). Each cell: "
+        f"{threads[0]} thread"
+        + (f" (in parentheses: {', '.join(map(str, threads[1:]))} threads)" if len(threads) > 1 else "")
+        + ". ours: `layer.project(action, snapshot)` of `sd.SafetyLayer(feeder, model=\"lindistflow\")`; DPP: a "
+        "parametrized CVXPY problem built once, parameters written and re-solved per call; naive: the CVXPY problem "
+        "built and solved per call. Both CVXPY variants: dense LinDistFlow, Clarabel with default settings. The "
+        "three alternate call by call; \"ours alone\" repeats ours' calls back to back, without CVXPY's work "
+        "between them.", "",
+        table(lat_head, lat), "",
+    ]
+    md += ["Targets are judged on ours' median in the table (calls interleaved with CVXPY's); the verdict on the "
+           "\"ours alone\" median follows it.", ""]
+    md += [f"**{ln}**" + "  " for ln in target_lines] + [""]
+    md += ["## Checks", "",
+           f"Objectives are the squared distance (MW^2) between the raw and the safe set-points; deviations are "
+           f"relative, |a - b| / max(|a|, |b|, {OBJ_FLOOR:g}), and a deviation above {OBJ_RTOL:g} is a mismatch. "
+           "\"max model violation ours\" is the largest violation of the hand-written model's constraints at the "
+           "layer's action. Status shares are over all instances; the latency table skips INFEASIBLE ones.", "",
+           table(check_head, checks), ""]
+    if report["notes"]:
+        md += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    if warns:
+        md += ["## Warnings raised during the run", ""]
+        md += [f"- {w['category']} at `{w['where']}`: {w['message']}" for w in warns]
+        md += [""]
+    return "\n".join(md)
+
+
+def _parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
+                    help="thread counts, one subprocess each; the first is the headline (default: 1 2)")
+    ap.add_argument("--quick", action="store_true", help="fewer instances and calls (smoke test)")
+    ap.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), metavar="CASE",
+                    help=f"cases for sd.load_case (default: {' '.join(DEFAULT_CASES)})")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                    help="folder for solver_latency.json and solver_latency.md (default: benchmarks/results)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random instances (default: 0)")
+    ap.add_argument("--child-json", help=argparse.SUPPRESS)  # internal: a child's output file
+    args = ap.parse_args(argv)
+    if any(n < 1 for n in args.threads):
+        ap.error(f"--threads: expected counts >= 1, got {args.threads}")
+    return args
+
+
+def main(argv=None) -> int:
+    """Run the benchmark (or, with the internal ``--child-json``, one thread count of it)."""
+    args = _parse(argv)
+    if args.child_json:
+        try:
+            return _child(args)
+        except KeyboardInterrupt:
+            return 130
+    # rich falls back to 80 columns when stdout is not a terminal, too narrow for the table
+    console = Console(width=None if sys.stdout.isatty() else 240)
+    t_start = time.perf_counter()
+    machine = _machine()
+    threads = list(dict.fromkeys(args.threads))  # keep the order (headline first), drop repeats
+    if machine["cpu_affinity"] and max(threads) > machine["cpu_affinity"]:
+        console.print(f"[yellow]note: {max(threads)} threads requested, {machine['cpu_affinity']} CPUs usable; "
+                      "the figures will show oversubscription[/yellow]")
+    runs = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in threads:
+                console.rule(f"{n} thread{'s' if n != 1 else ''}")
+                out = Path(tmp) / f"threads{n}.json"
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(n), "--cases", *args.cases,
+                       "--seed", str(args.seed), "--child-json", str(out)] + (["--quick"] if args.quick else [])
+                env = {**os.environ, **{var: str(n) for var in THREAD_VARS}}
+                proc = subprocess.run(cmd, env=env)
+                if proc.returncode == 130:  # the child saw the Ctrl-C first
+                    raise KeyboardInterrupt
+                if proc.returncode != 0:
+                    console.print(f"[red]the {n}-thread run failed (exit {proc.returncode}); nothing written[/red]")
+                    return proc.returncode
+                runs.append(json.loads(out.read_text()))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; no result file was written[/yellow]")
+        return 130
+
+    targets = _targets(runs)
+    tlines = _target_lines(targets)
+    lat_head, lat, check_head, checks = _tables(runs)
+    quick = int(args.quick)
+    report = {
+        "benchmark": "solver_latency",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": time.perf_counter() - t_start,
+        "machine": machine,
+        "settings": {"mode": "quick" if args.quick else "full", "threads": threads, "cases": args.cases,
+                     "seed": args.seed, "plan": {c: {k: v[quick] for k, v in PLAN.get(c, PLAN_DEFAULT).items()}
+                                                 for c in args.cases},
+                     "load_scale_range": LOAD_RANGE, "pv_fraction_range": PV_RANGE, "p_raw_max_x_s_mva": P_RAW_MAX,
+                     "obj_rtol": OBJ_RTOL, "obj_floor_mw2": OBJ_FLOOR, "cvxpy_solver": "CLARABEL (default settings)",
+                     "thread_env_vars": THREAD_VARS},
+        "targets": targets,
+        "notes": _notes(runs),
+        "runs": runs,
+    }
+
+    table = Table(title="Latency per projection call: "
+                  + (f"{threads[0]} thread (in parentheses: {', '.join(map(str, threads[1:]))})"
+                     if len(threads) > 1 else f"{threads[0]} thread(s)"))
+    for h in lat_head:
+        table.add_column(h, justify="left" if h == "case" else "right")
+    for r in lat:
+        table.add_row(*r)
+    console.print(table)
+    for ln in tlines:
+        console.print(f"[bold]{ln}[/bold]")
+    ctable = Table(title="Checks (objective = squared distance raw -> safe, MW^2)")
+    for h in check_head:
+        ctable.add_column(h, justify="left" if h == "case" else "right")
+    for r in checks:
+        ctable.add_row(*r)
+    console.print(ctable)
+    for note in report["notes"]:
+        style = "bold red" if note.startswith("MISMATCH") else "yellow"
+        console.print(f"[{style}]note: {note}[/{style}]")
+    for run in runs:
+        for w in run["warnings"]:
+            console.print(f"[yellow]warning ({run['threads']} thr): {w['category']} at {w['where']}: "
+                          f"{w['message']}[/yellow]")
+
+    md = _markdown(report, lat_head, lat, check_head, checks, tlines)
+    _write_atomic(args.out / "solver_latency.json", json.dumps(report, indent=2) + "\n")
+    _write_atomic(args.out / "solver_latency.md", md)
+    console.print(f"wrote {args.out / 'solver_latency.json'} and {args.out / 'solver_latency.md'} "
+                  f"({report['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
