@@ -24,28 +24,21 @@ The script exits 0 whether or not the speed target is met; it exits non-zero onl
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from statistics import median
 
 from rich.console import Console
-from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness  # noqa: E402
 
 DEFAULT_CASES = ("ieee33", "simbench-mv-rural", "ieee33x30")
 FULL_K = (1, 100, 10_000)
 QUICK_K = (1, 100)
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 VERSION_OF = ("safedispatch", "numpy", "scipy", "numba", "torch", "pandapower", "pandas", "simbench")
 
 #: pandapower runs timed per case (full, quick); runpp takes tens of ms, so a few dozen give a
@@ -64,10 +57,6 @@ SLOW_BUDGET_S = 90.0
 #: a fast cell repeats its call in an inner loop so one timed repeat lasts at least this long;
 #: a single K = 1 call (tens of microseconds) is below perf_counter's useful resolution under noise
 MIN_REPEAT_S = 0.05
-
-#: share of the machine's CPU time taken by other processes during a run above which the report
-#: warns that the figures are disturbed
-FOREIGN_CPU_NOTE = 0.10
 
 #: the issue's acceptance target: ieee33 at K = 10 000, ours (numpy path) / pandapower
 TARGET = {"case": "ieee33", "K": 10_000, "path": "numpy", "ratio": 5000.0}
@@ -252,112 +241,18 @@ def _bench_case(name: str, ks: tuple, quick: bool, seed: int, console: Console) 
     return rows
 
 
-def _cpu_snapshot() -> tuple | None:
-    """(machine busy CPU seconds, this process's CPU seconds, monotonic time); None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError):
-        return None
-    t = os.times()
-    busy = (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
-    return busy, t.user + t.system, time.monotonic()
-
-
-def _foreign_cpu(before: tuple | None, after: tuple | None) -> float | None:
-    """Share of the machine's CPU time used by other processes between two snapshots: the load
-    that competed with the measurement (a concurrent test run, say)."""
-    if before is None or after is None:
-        return None
-    wall = after[2] - before[2]
-    other = (after[0] - before[0]) - (after[1] - before[1])
-    return max(0.0, other) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
-
-
 def _child(args) -> int:
     """Measure every case at one thread count and write the rows as JSON to ``args.child_json``."""
-    import numba
     import torch
 
-    import safedispatch as sd
-
-    n = args.threads[0]
     # the env vars set by the parent cover OpenMP/BLAS/numba; torch's intra-op pool is set here
-    torch.set_num_threads(n)
-    console = Console(stderr=True, log_path=False)
-    cpu_before = _cpu_snapshot()
+    torch.set_num_threads(args.threads[0])
     ks = QUICK_K if args.quick else FULL_K
-    rows, skipped = [], []
-    with warnings.catch_warnings(record=True) as caught:
-        # "default" keeps one record per source line, so a warning in the runpp loop shows once
-        warnings.simplefilter("default")
-        for name in args.cases:
-            try:
-                rows += _bench_case(name, ks, args.quick, args.seed, console)
-            except sd.BackendUnavailableError as exc:
-                console.log(f"[yellow]{name}: skipped: {exc}[/yellow]")
-                skipped.append({"case": name, "reason": str(exc)})
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel ran (e.g. every case skipped)
-        layer = None
-    seen, warns = set(), []
-    for w in caught:
-        key = (w.category.__name__, str(w.message)[:300], f"{w.filename}:{w.lineno}")
-        if key not in seen:
-            seen.add(key)
-            warns.append(dict(zip(("category", "message", "where"), key)))
-    result = {"threads": n, "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
-              "numba_threading_layer": layer, "env": {v: os.environ.get(v) for v in THREAD_VARS},
-              "foreign_cpu_share": _foreign_cpu(cpu_before, _cpu_snapshot()),
-              "rows": rows, "skipped": skipped, "warnings": warns}
-    Path(args.child_json).write_text(json.dumps(result))
-    return 0
+    return _harness.run_child(args, lambda name, console: _bench_case(name, ks, args.quick, args.seed, console),
+                              extra=lambda: {"torch_threads": torch.get_num_threads()})
 
 
 # ----------------------------------------------------------------------------- parent process
-
-
-def _machine() -> dict:
-    """Platform, CPU and package versions, without importing the measured packages."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    versions = {}
-    for pkg in VERSION_OF:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "versions": versions,
-    }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``,
-    so an interruption leaves either the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt_rate(x: float) -> str:
@@ -366,17 +261,6 @@ def _fmt_rate(x: float) -> str:
     if x >= 1e3:
         return f"{x / 1e3:.1f} k"
     return f"{x:.1f}"
-
-
-def _fmt_ratio(x: float) -> str:
-    return f"{x:,.0f}x" if x >= 10 else f"{x:.2f}x"
-
-
-def _cells(values: list, fmt) -> str:
-    """Headline value, the other thread counts in parentheses."""
-    head = fmt(values[0]) if values[0] is not None else "-"
-    rest = [fmt(v) if v is not None else "-" for v in values[1:]]
-    return head + (f" ({', '.join(rest)})" if rest else "")
 
 
 def _tables(runs: list[dict]) -> tuple[list, list, list, list]:
@@ -394,11 +278,11 @@ def _tables(runs: list[dict]) -> tuple[list, list, list, list]:
             return [f(r) if r is not None else None for r in same]
 
         speed.append([row["case"], str(row["n_bus"]), f"{row['K']:,}",
-                      _cells(col(lambda r: r["numpy"]["rate"]), _fmt_rate),
-                      _cells(col(lambda r: r["torch"]["rate"]), _fmt_rate),
-                      _cells(col(lambda r: r["pandapower"]["rate"]), _fmt_rate),
-                      _cells(col(lambda r: r["ratio_numpy"]), _fmt_ratio),
-                      _cells(col(lambda r: r["ratio_torch"]), _fmt_ratio)])
+                      _harness.cells(col(lambda r: r["numpy"]["rate"]), _fmt_rate),
+                      _harness.cells(col(lambda r: r["torch"]["rate"]), _fmt_rate),
+                      _harness.cells(col(lambda r: r["pandapower"]["rate"]), _fmt_rate),
+                      _harness.cells(col(lambda r: r["ratio_numpy"]), _harness.fmt_ratio),
+                      _harness.cells(col(lambda r: r["ratio_torch"]), _harness.fmt_ratio)])
         present = [r for r in same if r is not None]
         conv = all(r["converged_numpy"] and r["converged_torch"] for r in present)
         checks.append([row["case"], f"{row['K']:,}", "yes" if conv else f"NO ({row['n_not_converged']} numpy)",
@@ -437,7 +321,7 @@ def _notes(runs: list[dict]) -> list[str]:
                          "kernel ran: the numpy path ran serially at every K and its figures cannot show a thread "
                          "speed-up.")
         foreign = run.get("foreign_cpu_share")
-        if foreign is not None and foreign >= FOREIGN_CPU_NOTE:
+        if foreign is not None and foreign >= _harness.FOREIGN_CPU_NOTE:
             notes.append(f"{n}-thread run: other processes used {foreign:.0%} of the machine's CPU time meanwhile, "
                          "so its figures may be low and noisy.")
     seen = set()
@@ -454,54 +338,24 @@ def _notes(runs: list[dict]) -> list[str]:
 
 
 def _markdown(report: dict, speed_head, speed, check_head, checks, target_line: str) -> str:
-    def table(head, rows):
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-
-    m = report["machine"]
-    threads = report["settings"]["threads"]
-    v = ", ".join(f"{k} {x}" for k, x in m["versions"].items() if x)
-    warns = [w for run in report["runs"] for w in run["warnings"]]
-    md = [
-        "# Power-flow benchmark: `sd.run_powerflow` vs pandapower `runpp`", "",
-        f"Date: {report['date']}. Wall time: {report['wall_s']:.0f} s. Mode: {report['settings']['mode']}.", "",
-        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs ({m['cpu_affinity']} usable), {m['platform']}, "
-        f"Python {m['python']}.", "",
-        f"Versions: {v}.", "",
-        f"Power flows per second, median of repeated timings. Each cell: {threads[0]} thread"
-        + (f" (in parentheses: {', '.join(map(str, threads[1:]))} threads)" if len(threads) > 1 else "")
-        + ". pandapower: `runpp` with default options in a loop, one load update per run.", "",
-        table(speed_head, speed), "",
+    md = _harness.md_intro(report, "Power-flow benchmark: `sd.run_powerflow` vs pandapower `runpp`")
+    threads = _harness.md_threads(report["settings"]["threads"])
+    md += [
+        f"Power flows per second, median of repeated timings. Each cell: {threads}"
+        ". pandapower: `runpp` with default options in a loop, one load update per run.", "",
+        _harness.md_table(speed_head, speed), "",
         f"**{target_line}**", "",
         "## Checks", "",
-        table(check_head, checks), "",
+        _harness.md_table(check_head, checks), "",
     ]
-    if report["notes"]:
-        md += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-    if warns:
-        md += ["## Warnings raised during the run", ""]
-        md += [f"- {w['category']} at `{w['where']}`: {w['message']}" for w in warns]
-        md += [""]
+    md += _harness.md_notes(report)
     return "\n".join(md)
 
 
 def _parse(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
-                    help="thread counts, one subprocess each; the first is the headline (default: 1 2)")
-    ap.add_argument("--quick", action="store_true", help="K = 1 and 100 only, fewer repeats (smoke test)")
-    ap.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), metavar="CASE",
-                    help=f"cases for sd.load_case (default: {' '.join(DEFAULT_CASES)})")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
-                    help="folder for powerflow.json and powerflow.md (default: benchmarks/results)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random injections (default: 0)")
-    ap.add_argument("--child-json", help=argparse.SUPPRESS)  # internal: a child's output file
-    args = ap.parse_args(argv)
-    if any(n < 1 for n in args.threads):
-        ap.error(f"--threads: expected counts >= 1, got {args.threads}")
-    return args
+    return _harness.parse_args(__doc__, argv, quick_help="K = 1 and 100 only, fewer repeats (smoke test)",
+                               default_cases=DEFAULT_CASES, stem="powerflow",
+                               seed_help="seed of the random injections (default: 0)")
 
 
 def main(argv=None) -> int:
@@ -512,33 +366,10 @@ def main(argv=None) -> int:
             return _child(args)
         except KeyboardInterrupt:
             return 130
-    # rich falls back to 80 columns when stdout is not a terminal, too narrow for the table
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    t_start = time.perf_counter()
-    machine = _machine()
-    threads = list(dict.fromkeys(args.threads))  # keep the order (headline first), drop repeats
-    if machine["cpu_affinity"] and max(threads) > machine["cpu_affinity"]:
-        console.print(f"[yellow]note: {max(threads)} threads requested, {machine['cpu_affinity']} CPUs usable; "
-                      "the figures will show oversubscription[/yellow]")
-    runs = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for n in threads:
-                console.rule(f"{n} thread{'s' if n != 1 else ''}")
-                out = Path(tmp) / f"threads{n}.json"
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(n), "--cases", *args.cases,
-                       "--seed", str(args.seed), "--child-json", str(out)] + (["--quick"] if args.quick else [])
-                env = {**os.environ, **{var: str(n) for var in THREAD_VARS}}
-                proc = subprocess.run(cmd, env=env)
-                if proc.returncode == 130:  # the child saw the Ctrl-C first
-                    raise KeyboardInterrupt
-                if proc.returncode != 0:
-                    console.print(f"[red]the {n}-thread run failed (exit {proc.returncode}); nothing written[/red]")
-                    return proc.returncode
-                runs.append(json.loads(out.read_text()))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; no result file was written[/yellow]")
-        return 130
+    console, t_start, machine, threads = _harness.start_parent(args, VERSION_OF, width=160)
+    runs = _harness.run_threads(__file__, args, threads, console)
+    if isinstance(runs, int):
+        return runs
 
     target = _target(runs)
     tline = _target_line(target)
@@ -552,39 +383,21 @@ def main(argv=None) -> int:
                      "K": list(QUICK_K if args.quick else FULL_K), "seed": args.seed,
                      "load_factor_range": LOAD_RANGE, "pv_fraction_range": PV_RANGE,
                      "repeats": REPEATS[int(args.quick)], "slow_s": SLOW_S, "slow_repeats": SLOW_REPEATS,
-                     "min_repeat_s": MIN_REPEAT_S, "thread_env_vars": THREAD_VARS},
+                     "min_repeat_s": MIN_REPEAT_S, "thread_env_vars": _harness.THREAD_VARS},
         "target": {**TARGET, "results": target},
         "notes": _notes(runs),
         "runs": runs,
     }
 
-    table = Table(title="Power flows per second: "
-                  + (f"{threads[0]} thread (in parentheses: {', '.join(map(str, threads[1:]))})"
-                     if len(threads) > 1 else f"{threads[0]} thread(s)"))
-    for h in speed_head:
-        table.add_column(h, justify="left" if h == "case" else "right")
-    for r in speed:
-        table.add_row(*r)
-    console.print(table)
+    _harness.print_table(console, "Power flows per second: " + _harness.threads_title(threads), speed_head, speed)
     console.print(f"[bold]{tline}[/bold]")
-    ctable = Table(title="Checks")
-    for h in check_head:
-        ctable.add_column(h, justify="left" if h == "case" else "right")
-    for r in checks:
-        ctable.add_row(*r)
-    console.print(ctable)
+    _harness.print_table(console, "Checks", check_head, checks)
     for note in report["notes"]:
         console.print(f"[yellow]note: {note}[/yellow]")
-    for run in runs:
-        for w in run["warnings"]:
-            console.print(f"[yellow]warning ({run['threads']} thr): {w['category']} at {w['where']}: "
-                          f"{w['message']}[/yellow]")
+    _harness.print_warnings(console, runs)
 
     md = _markdown(report, speed_head, speed, check_head, checks, tline)
-    _write_atomic(args.out / "powerflow.json", json.dumps(report, indent=2) + "\n")
-    _write_atomic(args.out / "powerflow.md", md)
-    console.print(f"wrote {args.out / 'powerflow.json'} and {args.out / 'powerflow.md'} "
-                  f"({report['wall_s']:.0f} s)")
+    _harness.write_results(console, args.out, "powerflow", report, md)
     return 0
 
 

@@ -32,25 +32,18 @@ error (and 130 when interrupted, leaving earlier result files untouched).
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness  # noqa: E402
 
 DEFAULT_CASES = ("ieee33-paperB-4", "ieee33-paperB", "ieee33x30")
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 VERSION_OF = ("safedispatch", "numpy", "scipy", "numba", "cvxpy", "clarabel")
 METHODS = ("ours", "dpp", "naive")
 
@@ -77,10 +70,6 @@ OBJ_RTOL = 1e-5
 #: 1e-8 MW^2, Clarabel's default absolute gap tolerance (the hand-written problems use Clarabel's
 #: defaults, as a user would), so solver noise on a near-zero distance is not called a mismatch
 OBJ_FLOOR = 1e-3
-
-#: share of the machine's CPU time taken by other processes during a run above which the report
-#: warns that the figures are disturbed
-FOREIGN_CPU_NOTE = 0.10
 
 #: the issue's latency targets, judged on ours' median per call over the compared instances
 TARGETS = (
@@ -440,108 +429,12 @@ def _bench_case(name: str, quick: bool, seed: int, console: Console) -> dict:
     return row
 
 
-def _cpu_snapshot() -> tuple | None:
-    """(machine busy CPU seconds, this process's CPU seconds, monotonic time); None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError):
-        return None
-    t = os.times()
-    busy = (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
-    return busy, t.user + t.system, time.monotonic()
-
-
-def _foreign_cpu(before: tuple | None, after: tuple | None) -> float | None:
-    """Share of the machine's CPU time used by other processes between two snapshots: the load
-    that competed with the measurement (a concurrent test run, say)."""
-    if before is None or after is None:
-        return None
-    wall = after[2] - before[2]
-    other = (after[0] - before[0]) - (after[1] - before[1])
-    return max(0.0, other) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
-
-
 def _child(args) -> int:
     """Measure every case at one thread count and write the rows as JSON to ``args.child_json``."""
-    import numba
-
-    import safedispatch as sd
-
-    n = args.threads[0]
-    console = Console(stderr=True, log_path=False)
-    cpu_before = _cpu_snapshot()
-    rows, skipped = [], []
-    with warnings.catch_warnings(record=True) as caught:
-        # "default" keeps one record per source line, so a warning in the timing loop shows once
-        warnings.simplefilter("default")
-        for name in args.cases:
-            try:
-                rows.append(_bench_case(name, args.quick, args.seed, console))
-            except sd.BackendUnavailableError as exc:
-                console.log(f"[yellow]{name}: skipped: {exc}[/yellow]")
-                skipped.append({"case": name, "reason": str(exc)})
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel numba kernel ran
-        layer = None
-    seen, warns = set(), []
-    for w in caught:
-        key = (w.category.__name__, str(w.message)[:300], f"{w.filename}:{w.lineno}")
-        if key not in seen:
-            seen.add(key)
-            warns.append(dict(zip(("category", "message", "where"), key)))
-    result = {"threads": n, "numba_threads": numba.get_num_threads(), "numba_threading_layer": layer,
-              "env": {v: os.environ.get(v) for v in THREAD_VARS},
-              "foreign_cpu_share": _foreign_cpu(cpu_before, _cpu_snapshot()),
-              "rows": rows, "skipped": skipped, "warnings": warns}
-    Path(args.child_json).write_text(json.dumps(result))
-    return 0
+    return _harness.run_child(args, lambda name, console: [_bench_case(name, args.quick, args.seed, console)])
 
 
 # ----------------------------------------------------------------------------- parent process
-
-
-def _machine() -> dict:
-    """Platform, CPU and package versions, without importing the measured packages."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    versions = {}
-    for pkg in VERSION_OF:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "versions": versions,
-    }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``,
-    so an interruption leaves either the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt_time(s: float) -> str:
@@ -550,17 +443,6 @@ def _fmt_time(s: float) -> str:
     if s < 1.0:
         return f"{s * 1e3:.2f} ms"
     return f"{s:.2f} s"
-
-
-def _fmt_ratio(x: float) -> str:
-    return f"{x:,.0f}x" if x >= 10 else f"{x:.2f}x"
-
-
-def _cells(values: list, fmt) -> str:
-    """Headline value, the other thread counts in parentheses."""
-    head = fmt(values[0]) if values[0] is not None else "-"
-    rest = [fmt(v) if v is not None else "-" for v in values[1:]]
-    return head + (f" ({', '.join(rest)})" if rest else "")
 
 
 def _get(r: dict, *path):
@@ -588,15 +470,15 @@ def _tables(runs: list[dict]) -> tuple[list, list, list, list]:
 
         n_calls = "/".join(str(_get(row, "latency", k, "n_calls") or 0) for k in METHODS)
         lat.append([case, str(row["n_bus"]), str(row["n_pv"]), n_calls,
-                    _cells(col("latency", "ours", "median_s"), _fmt_time),
-                    _cells(col("latency", "ours", "p95_s"), _fmt_time),
-                    _cells(col("latency", "dpp", "median_s"), _fmt_time),
-                    _cells(col("latency", "dpp", "p95_s"), _fmt_time),
-                    _cells(col("latency", "naive", "median_s"), _fmt_time),
-                    _cells(col("latency", "naive", "p95_s"), _fmt_time),
-                    _cells(col("ratio_median", "naive"), _fmt_ratio),
-                    _cells(col("ratio_median", "dpp"), _fmt_ratio),
-                    _cells(col("latency_ours_alone", "median_s"), _fmt_time)])
+                    _harness.cells(col("latency", "ours", "median_s"), _fmt_time),
+                    _harness.cells(col("latency", "ours", "p95_s"), _fmt_time),
+                    _harness.cells(col("latency", "dpp", "median_s"), _fmt_time),
+                    _harness.cells(col("latency", "dpp", "p95_s"), _fmt_time),
+                    _harness.cells(col("latency", "naive", "median_s"), _fmt_time),
+                    _harness.cells(col("latency", "naive", "p95_s"), _fmt_time),
+                    _harness.cells(col("ratio_median", "naive"), _harness.fmt_ratio),
+                    _harness.cells(col("ratio_median", "dpp"), _harness.fmt_ratio),
+                    _harness.cells(col("latency_ours_alone", "median_s"), _fmt_time)])
         present = [r for r in same if r is not None]
         c = row["status_counts"]
         n = max(1, row["instances"])
@@ -687,7 +569,7 @@ def _notes(runs: list[dict]) -> list[str]:
                 notes.append(f"{n}-thread run, {r['case']}: the layer's actions violate the hand-written dense "
                              f"LinDistFlow model by up to {c['max_violation_ours']:.1e} (pu / MVA / MW).")
         foreign = run.get("foreign_cpu_share")
-        if foreign is not None and foreign >= FOREIGN_CPU_NOTE:
+        if foreign is not None and foreign >= _harness.FOREIGN_CPU_NOTE:
             notes.append(f"{n}-thread run: other processes used {foreign:.0%} of the machine's CPU time meanwhile, "
                          "so its figures may be high and noisy (p95 most of all).")
     for run in runs[1:]:
@@ -710,30 +592,16 @@ def _notes(runs: list[dict]) -> list[str]:
 
 
 def _markdown(report: dict, lat_head, lat, check_head, checks, target_lines: list[str]) -> str:
-    def table(head, rows):
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-
-    m = report["machine"]
-    threads = report["settings"]["threads"]
-    v = ", ".join(f"{k} {x}" for k, x in m["versions"].items() if x)
-    warns = [w for run in report["runs"] for w in run["warnings"]]
-    md = [
-        "# Projection latency: `SafetyLayer.project` vs hand-written CVXPY (Clarabel)", "",
-        f"Date: {report['date']}. Wall time: {report['wall_s']:.0f} s. Mode: {report['settings']['mode']}.", "",
-        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs ({m['cpu_affinity']} usable), {m['platform']}, "
-        f"Python {m['python']}.", "",
-        f"Versions: {v}.", "",
+    md = _harness.md_intro(report, "Projection latency: `SafetyLayer.project` vs hand-written CVXPY (Clarabel)")
+    md += [
         f"Wall time per call over the instances all three can answer (status UNCHANGED or PROJECTED). Each cell: "
-        f"{threads[0]} thread"
-        + (f" (in parentheses: {', '.join(map(str, threads[1:]))} threads)" if len(threads) > 1 else "")
-        + ". ours: `layer.project(action, snapshot)` of `sd.SafetyLayer(feeder, model=\"lindistflow\")`; DPP: a "
+        f"{_harness.md_threads(report['settings']['threads'])}"
+        ". ours: `layer.project(action, snapshot)` of `sd.SafetyLayer(feeder, model=\"lindistflow\")`; DPP: a "
         "parametrized CVXPY problem built once, parameters written and re-solved per call; naive: the CVXPY problem "
         "built and solved per call. Both CVXPY variants: dense LinDistFlow, Clarabel with default settings. The "
         "three alternate call by call; \"ours alone\" repeats ours' calls back to back, without CVXPY's work "
         "between them.", "",
-        table(lat_head, lat), "",
+        _harness.md_table(lat_head, lat), "",
     ]
     md += ["Targets are judged on ours' median in the table (calls interleaved with CVXPY's); the verdict on the "
            "\"ours alone\" median follows it.", ""]
@@ -743,32 +611,15 @@ def _markdown(report: dict, lat_head, lat, check_head, checks, target_lines: lis
            f"relative, |a - b| / max(|a|, |b|, {OBJ_FLOOR:g}), and a deviation above {OBJ_RTOL:g} is a mismatch. "
            "\"max model violation ours\" is the largest violation of the hand-written model's constraints at the "
            "layer's action. Status shares are over all instances; the latency table skips INFEASIBLE ones.", "",
-           table(check_head, checks), ""]
-    if report["notes"]:
-        md += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-    if warns:
-        md += ["## Warnings raised during the run", ""]
-        md += [f"- {w['category']} at `{w['where']}`: {w['message']}" for w in warns]
-        md += [""]
+           _harness.md_table(check_head, checks), ""]
+    md += _harness.md_notes(report)
     return "\n".join(md)
 
 
 def _parse(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
-                    help="thread counts, one subprocess each; the first is the headline (default: 1 2)")
-    ap.add_argument("--quick", action="store_true", help="fewer instances and calls (smoke test)")
-    ap.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), metavar="CASE",
-                    help=f"cases for sd.load_case (default: {' '.join(DEFAULT_CASES)})")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
-                    help="folder for solver_latency.json and solver_latency.md (default: benchmarks/results)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random instances (default: 0)")
-    ap.add_argument("--child-json", help=argparse.SUPPRESS)  # internal: a child's output file
-    args = ap.parse_args(argv)
-    if any(n < 1 for n in args.threads):
-        ap.error(f"--threads: expected counts >= 1, got {args.threads}")
-    return args
+    return _harness.parse_args(__doc__, argv, quick_help="fewer instances and calls (smoke test)",
+                               default_cases=DEFAULT_CASES, stem="solver_latency",
+                               seed_help="seed of the random instances (default: 0)")
 
 
 def main(argv=None) -> int:
@@ -779,33 +630,10 @@ def main(argv=None) -> int:
             return _child(args)
         except KeyboardInterrupt:
             return 130
-    # rich falls back to 80 columns when stdout is not a terminal, too narrow for the table
-    console = Console(width=None if sys.stdout.isatty() else 240)
-    t_start = time.perf_counter()
-    machine = _machine()
-    threads = list(dict.fromkeys(args.threads))  # keep the order (headline first), drop repeats
-    if machine["cpu_affinity"] and max(threads) > machine["cpu_affinity"]:
-        console.print(f"[yellow]note: {max(threads)} threads requested, {machine['cpu_affinity']} CPUs usable; "
-                      "the figures will show oversubscription[/yellow]")
-    runs = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for n in threads:
-                console.rule(f"{n} thread{'s' if n != 1 else ''}")
-                out = Path(tmp) / f"threads{n}.json"
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(n), "--cases", *args.cases,
-                       "--seed", str(args.seed), "--child-json", str(out)] + (["--quick"] if args.quick else [])
-                env = {**os.environ, **{var: str(n) for var in THREAD_VARS}}
-                proc = subprocess.run(cmd, env=env)
-                if proc.returncode == 130:  # the child saw the Ctrl-C first
-                    raise KeyboardInterrupt
-                if proc.returncode != 0:
-                    console.print(f"[red]the {n}-thread run failed (exit {proc.returncode}); nothing written[/red]")
-                    return proc.returncode
-                runs.append(json.loads(out.read_text()))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; no result file was written[/yellow]")
-        return 130
+    console, t_start, machine, threads = _harness.start_parent(args, VERSION_OF, width=240)
+    runs = _harness.run_threads(__file__, args, threads, console)
+    if isinstance(runs, int):
+        return runs
 
     targets = _targets(runs)
     tlines = _target_lines(targets)
@@ -821,41 +649,23 @@ def main(argv=None) -> int:
                                                  for c in args.cases},
                      "load_scale_range": LOAD_RANGE, "pv_fraction_range": PV_RANGE, "p_raw_max_x_s_mva": P_RAW_MAX,
                      "obj_rtol": OBJ_RTOL, "obj_floor_mw2": OBJ_FLOOR, "cvxpy_solver": "CLARABEL (default settings)",
-                     "thread_env_vars": THREAD_VARS},
+                     "thread_env_vars": _harness.THREAD_VARS},
         "targets": targets,
         "notes": _notes(runs),
         "runs": runs,
     }
 
-    table = Table(title="Latency per projection call: "
-                  + (f"{threads[0]} thread (in parentheses: {', '.join(map(str, threads[1:]))})"
-                     if len(threads) > 1 else f"{threads[0]} thread(s)"))
-    for h in lat_head:
-        table.add_column(h, justify="left" if h == "case" else "right")
-    for r in lat:
-        table.add_row(*r)
-    console.print(table)
+    _harness.print_table(console, "Latency per projection call: " + _harness.threads_title(threads), lat_head, lat)
     for ln in tlines:
         console.print(f"[bold]{ln}[/bold]")
-    ctable = Table(title="Checks (objective = squared distance raw -> safe, MW^2)")
-    for h in check_head:
-        ctable.add_column(h, justify="left" if h == "case" else "right")
-    for r in checks:
-        ctable.add_row(*r)
-    console.print(ctable)
+    _harness.print_table(console, "Checks (objective = squared distance raw -> safe, MW^2)", check_head, checks)
     for note in report["notes"]:
         style = "bold red" if note.startswith("MISMATCH") else "yellow"
         console.print(f"[{style}]note: {note}[/{style}]")
-    for run in runs:
-        for w in run["warnings"]:
-            console.print(f"[yellow]warning ({run['threads']} thr): {w['category']} at {w['where']}: "
-                          f"{w['message']}[/yellow]")
+    _harness.print_warnings(console, runs)
 
     md = _markdown(report, lat_head, lat, check_head, checks, tlines)
-    _write_atomic(args.out / "solver_latency.json", json.dumps(report, indent=2) + "\n")
-    _write_atomic(args.out / "solver_latency.md", md)
-    console.print(f"wrote {args.out / 'solver_latency.json'} and {args.out / 'solver_latency.md'} "
-                  f"({report['wall_s']:.0f} s)")
+    _harness.write_results(console, args.out, "solver_latency", report, md)
     return 0
 
 
