@@ -1,8 +1,8 @@
 """``safedispatch`` command line.
 
 Sub-commands:
-    demo        load a built-in case, run the AC power flow at a few operating points and
-                cross-check one of them against pandapower
+    demo        load a built-in case, run the AC power flow at a few operating points,
+                cross-check one against pandapower, and make a violating action safe
     cases       list the built-in cases
     powerflow   power flow of one case at nominal load (optionally with PV output)
 """
@@ -70,6 +70,17 @@ def cmd_demo(args) -> int:
     dt = time.perf_counter() - t
     console.print(f"batched: {K} power flows in {dt * 1000:.1f} ms ({K / dt:,.0f} flows/s), "
                   f"{int(rb.converged.sum())} converged, min V {rb.vm_pu.min():.4f} pu")
+
+    # the safety layer on the violated operating point: a greedy raw action made safe
+    if feeder.n_pv:
+        snap = sd.Snapshot.nominal(feeder, load=0.3, pv=1.0)
+        raw = sd.Action(pv_p_mw=snap.pv_avail_mw, pv_q_mvar=np.zeros(feeder.n_pv))
+        layer = sd.SafetyLayer(feeder)
+        res = layer.project(raw, snap, certify_ac=True)
+        console.print(f"safety layer at 30 % load, 100 % PV: {res.status.name}, PV "
+                      f"{raw.pv_p_mw.sum():.2f} -> {res.action.pv_p_mw.sum():.2f} MW, AC max V "
+                      f"{res.ac_vm_pu.max():.4f} pu, max loading {res.ac_loading.max():.0%}, "
+                      f"certified={res.certified} after {res.rounds} correction rounds")
     return 0
 
 

@@ -11,6 +11,7 @@ def test_demo_runs_and_crosschecks_pandapower(capsys):
     assert "pandapower runpp" in out and "flows/s" in out
     dv = float(out.split("max |dV| = ")[1].split()[0])
     assert dv < 1e-6
+    assert "certified=True" in out
 
 
 def test_cases_lists_every_case(capsys):
