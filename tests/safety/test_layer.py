@@ -291,3 +291,36 @@ def test_warm_start_saves_iterations():
             it_warm += a.iterations
             it_cold += b.iterations
     assert it_warm < it_cold, (it_warm, it_cold)
+
+
+def test_repeated_calls_do_not_rebuild_the_model():
+    f = sd.load_case("ieee33-paperC")
+    layer = sd.SafetyLayer(f)
+    snap = sd.Snapshot.nominal(f, load=0.3, pv=1.0)
+    raw = sd.Action(pv_p_mw=f.pv.p_max_mw.copy(), pv_q_mvar=np.zeros(2), cap_step=[1, 1])
+    layer.project(raw, snap)
+    mod = layer.models[0]
+    qp, programs = mod.fast, dict(mod._programs)
+    for load in (0.2, 0.5, 0.9):
+        layer.project(raw, snap.replace(load_p_mw=snap.load_p_mw * load))
+    assert mod.fast is qp and all(mod._programs[k] is v for k, v in programs.items())
+    # the one-call form reuses its layer too
+    a = sd.project_action(raw, snap, feeder=f)
+    b = sd.project_action(raw, snap, feeder=f)
+    from safedispatch.safety.layer import _cached_layer
+    assert _cached_layer.cache_info().hits >= 1
+    np.testing.assert_allclose(a.action.to_vector(), b.action.to_vector(), atol=1e-9)  # warm start: roundoff
+
+
+def test_all_solvers_failing_is_a_status_not_an_exception():
+    f = sd.load_case("ieee33-paperB-4")
+    layer = sd.SafetyLayer(f, fast=False, solvers=("NO_SUCH_SOLVER",))
+    snap = sd.Snapshot.nominal(f, load=0.3, pv=1.0)
+    raw = sd.Action(pv_p_mw=f.pv.s_mva * 1.5, pv_q_mvar=np.zeros(4))
+    res = layer.project(raw, snap)
+    assert res.status == PS.SOLVER_FAILED
+    x = res.action.to_vector()
+    assert np.isfinite(x).all() and np.isfinite(res.vm_pu).all()
+    # moved onto the device limits at least, and the model's verdict is reported
+    assert device_violation(f, snap.checked(f), res.action) <= 1e-9
+    assert res.violation["vm_pu"] > 0
