@@ -288,6 +288,9 @@ class _Model:
 class SafetyLayer:
     """Projects raw actions onto the feasible set of a convex feeder model.
 
+    A layer owns its solver state (parameters, warm starts, work arrays): use one layer per
+    thread or process.
+
     Args:
         feeder: The network.
         model: "lindistflow" (Baran & Wu 1989) or "socp" (Farivar & Low 2013).
