@@ -89,6 +89,18 @@ def device_violation(feeder, snap, act):
     return float(max(v))
 
 
+def _setup(feeder, mats):
+    """Shared pieces of the reference problems: LinDistFlow maps, PV variables and their bus
+    incidence, in-service branches and their MVA ratings."""
+    R, X, F, bsh = mats if mats is not None else lindistflow_matrices(feeder)
+    n_pv = feeder.pv.bus.size
+    Bpv = np.zeros((feeder.n_bus, n_pv))
+    Bpv[feeder.pv.bus, np.arange(n_pv)] = 1
+    on = feeder.branch.in_service
+    smax = (np.sqrt(3) * feeder.bus.vn_kv[feeder.branch.to_bus] * feeder.branch.i_max_ka)[on]
+    return R, X, F, bsh, cp.Variable(n_pv), cp.Variable(n_pv), Bpv, on, smax
+
+
 def reference_projection(feeder, snap, raw, cap_weight=1.0, mats=None):
     """The projection written plainly in CVXPY (dense affine LinDistFlow, Clarabel),
     capacitor steps by full enumeration. Ramp limits as documented: the box around the
@@ -97,17 +109,11 @@ def reference_projection(feeder, snap, raw, cap_weight=1.0, mats=None):
     Returns:
         (objective, pv_p, pv_q, cap_step) of the best combination, or None if infeasible.
     """
-    R, X, F, bsh = mats if mats is not None else lindistflow_matrices(feeder)
+    R, X, F, bsh, p, q, Bpv, on, smax = _setup(feeder, mats)
     pv = feeder.pv
     n = feeder.n_bus
-    p = cp.Variable(pv.bus.size)
-    q = cp.Variable(pv.bus.size)
-    Bpv = np.zeros((n, pv.bus.size))
-    Bpv[pv.bus, np.arange(pv.bus.size)] = 1
     p0 = -np.asarray(snap.load_p_mw, float)
     q0 = -np.asarray(snap.load_q_mvar, float) + bsh
-    on = feeder.branch.in_service
-    smax = (np.sqrt(3) * feeder.bus.vn_kv[feeder.branch.to_bus] * feeder.branch.i_max_ka)[on]
     nonroot = np.arange(n) != feeder.root_bus
     best = None
     steps = [range(int(k) + 1) for k in feeder.cap.n_steps]
@@ -144,15 +150,9 @@ def reference_min_violation(feeder, snap, mats=None):
     """Least total violation (sum over buses of squared-voltage excess, plus sum over branches
     of apparent-power excess in MVA) over all device-feasible set-points and capacitor steps,
     written plainly in CVXPY. No shedding."""
-    R, X, F, bsh = mats if mats is not None else lindistflow_matrices(feeder)
+    R, X, F, bsh, p, q, Bpv, on, smax = _setup(feeder, mats)
     pv = feeder.pv
     n = feeder.n_bus
-    p = cp.Variable(pv.bus.size)
-    q = cp.Variable(pv.bus.size)
-    Bpv = np.zeros((n, pv.bus.size))
-    Bpv[pv.bus, np.arange(pv.bus.size)] = 1
-    on = feeder.branch.in_service
-    smax = (np.sqrt(3) * feeder.bus.vn_kv[feeder.branch.to_bus] * feeder.branch.i_max_ka)[on]
     nonroot = np.arange(n) != feeder.root_bus
     best = np.inf
     for combo in itertools.product(*[range(int(k) + 1) for k in feeder.cap.n_steps]):
