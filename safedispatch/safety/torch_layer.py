@@ -1,0 +1,515 @@
+"""The safety layer as a batched, differentiable PyTorch module.
+
+``TorchSafetyLayer(feeder)`` projects a batch of raw inverter set-points onto the same feasible
+set as :class:`~safedispatch.safety.layer.SafetyLayer` with the LinDistFlow model and continuous
+devices: each inverter's box (``0 <= p <= available``, ramp limits against the previous
+set-points), its exact disk ``p^2 + q^2 <= s^2`` and optional power-factor limit, squared-voltage
+limits, branch apparent-power limits (second-order cones) and the optional short-circuit-ratio
+bound. Capacitor banks stay at fixed steps and storage is idle (both enter as constant
+injections), so the action is ``[pv_p_mw | pv_q_mvar]``.
+
+The network model is not re-derived here: the layer builds a CPU :class:`SafetyLayer` on the
+same feeder and reads its LinDistFlow maps and structured-QP rows; that layer is also the exact
+fallback and the reference of :meth:`TorchSafetyLayer.compare`.
+
+Solve: :class:`~safedispatch.backends.torch_qp.TorchQP` (batched dual semismooth Newton with a
+KKT check, float64). A sample is returned by the torch solver only when its KKT check passed;
+samples it cannot certify are solved one by one on the CPU (:class:`StructuredQP`, then the full
+CPU layer for infeasible ones). Gradients: implicit differentiation of the optimality
+conditions (custom ``torch.autograd.Function``), w.r.t. the raw action, the loads, the PV
+availability and the previous set-points.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from safedispatch.backends.torch_qp import TorchQP, TorchQPStatus, implicit_vjp
+from safedispatch.errors import InputError
+from safedispatch.network.feeder import Feeder
+from safedispatch.problems.projection import BIG
+from safedispatch.problems.types import Action, Snapshot
+from safedispatch.safety import kernels
+from safedispatch.safety.layer import DEV_TOL, FEAS_TOL, ProjectionStatus, SafetyLayer
+
+__all__ = ["TorchSafetyLayer", "Comparison"]
+
+
+@dataclass
+class Comparison:
+    """Result of :meth:`TorchSafetyLayer.compare`.
+
+    Attributes:
+        max_abs_diff: Largest absolute difference of the safe set-points (MW / MVAr) over the
+            batch.
+        diff: ``(B,)`` per-sample largest absolute difference.
+        status_torch, status_cpu: ``(B,)`` :class:`ProjectionStatus` values of both layers.
+        n_status_mismatch: Samples whose statuses differ (UNCHANGED and PROJECTED count as
+            different).
+        safe_torch, safe_cpu: ``(B, 2 n_pv)`` float64 safe actions.
+        torch_time_s, cpu_time_s: Wall time of each layer on the batch.
+    """
+
+    max_abs_diff: float
+    diff: np.ndarray
+    status_torch: np.ndarray
+    status_cpu: np.ndarray
+    n_status_mismatch: int
+    safe_torch: np.ndarray
+    safe_cpu: np.ndarray
+    torch_time_s: float
+    cpu_time_s: float
+
+
+class TorchSafetyLayer(nn.Module):
+    """Batched, differentiable projection of inverter set-points onto the LinDistFlow safe set.
+
+    Args:
+        feeder: The network.
+        model: Only ``"lindistflow"`` (the SOCP model has no closed-form network map).
+        weights_pv: ``(n_pv,)`` distance weights > 0 (same for P and Q); default 1.
+        scr_min: Minimum short-circuit ratio (see :class:`SafetyLayer`); None: off.
+        pv_error_sd_mw, confidence: Chance-constraint margins (see :class:`SafetyLayer`).
+        cap_step: ``(n_cap,)`` fixed capacitor steps (default ``feeder.cap.step_init``).
+        v_root_pu: Substation voltage magnitude.
+        dt_h: Step length (hours) for the ramp limits.
+        tol: KKT tolerance of the torch solver: every limit met to ``tol * max(1, |x|_inf)``
+            (rows scaled to unit norm, so a distance in MW/MVAr), complementarity to the same.
+        max_iter: Newton iterations per sample before the sample goes to the CPU fallback.
+        fallback: Hand samples the torch solver cannot certify to the CPU solvers (exact). With
+            False they are returned as the last iterate with status SOLVER_FAILED.
+        chunk: Samples the torch solver iterates together.
+
+    Attributes:
+        last_status: ``(B,)`` int64 CPU tensor of :class:`ProjectionStatus` values of the last
+            call.
+        last_info: Counters of the last call: ``{"torch_optimal", "fallback", "iterations_max"}``.
+
+    Raises:
+        InputError: unsupported model, bad weights, steps or options (the field is named).
+    """
+
+    def __init__(self, feeder: Feeder, model: str = "lindistflow", weights_pv=None, scr_min: float | None = None,
+                 pv_error_sd_mw=None, confidence: float = 0.95, cap_step=None, v_root_pu: float = 1.0,
+                 dt_h: float = 0.25, tol: float = 1e-9, max_iter: int = 50, fallback: bool = True,
+                 chunk: int = 8192):
+        super().__init__()
+        if model != "lindistflow":
+            raise InputError(f"expected 'lindistflow' (the only model with a batched torch solver), got {model!r}",
+                             "model")
+        if feeder.n_pv == 0:
+            raise InputError("expected a feeder with at least one inverter", "feeder")
+        for name, val in (("v_root_pu", v_root_pu), ("dt_h", dt_h), ("tol", tol)):
+            if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
+                raise InputError(f"expected a finite number > 0, got {val!r}", name)
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise InputError(f"expected an integer >= 1, got {max_iter!r}", "max_iter")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise InputError(f"expected an integer >= 1, got {chunk!r}", "chunk")
+        self.feeder = feeder
+        self.n_pv = feeder.n_pv
+        self.v_root_pu, self.dt_h = float(v_root_pu), float(dt_h)
+        self.tol, self.max_iter, self.fallback, self.chunk = float(tol), max_iter, bool(fallback), chunk
+        if feeder.n_cap:
+            steps = feeder.cap.step_init if cap_step is None else np.asarray(cap_step)
+            cap_q = feeder.cap_shunt_q_mvar(steps)  # raises InputError on bad steps
+            self.cap_step = np.asarray(steps, dtype=np.int64)
+        else:
+            cap_q = np.zeros(feeder.n_bus)
+            self.cap_step = np.zeros(0, dtype=np.int64)
+        # the continuous problem: capacitor banks as constant reactive injection (LinDistFlow models
+        # them at 1 pu), storage idle; the CPU layer on this feeder is the reference and fallback
+        self.cap_q_mvar = cap_q
+        self.feeder_c = feeder.replace(cap=None, ess=None) if (feeder.n_cap or feeder.n_ess) else feeder
+        self.cpu = SafetyLayer(self.feeder_c, model="lindistflow", weights_pv=weights_pv, scr_min=scr_min,
+                               pv_error_sd_mw=pv_error_sd_mw, confidence=confidence)
+        mod = self.cpu.models[0]
+        self._mod = mod
+        mn, tree = mod.mn, mod.mn.tree
+        self.m = tree.n - 1
+        qp = mod.fast  # structured rows: [Gw; -Gw; scr] and one 2x2n cone block per branch
+        lim = mod.base_limits()
+        self._G, self._A = qp.G, qp.A
+        self._S = np.clip(lim.smax, 1e-12, BIG)
+        self._wmin, self._wmax = lim.wmin, lim.wmax
+        self._scr = np.array([cap for _idx, cap in mod.weak], dtype=float)
+        self._s = mod.s_pv
+        self._t = mod.t_pv
+        self._w = self.cpu.weights_pv[mn.pv]
+        self._nodes = mod.nodes
+        self._sn = mn.sn_mva
+        self._b = tree.b_pu[1:]
+        pv = self.feeder_c.pv
+        self._ramp_p = pv.ramp_p_pu_per_min * pv.s_mva
+        self._ramp_q = pv.ramp_q_pu_per_min * pv.s_mva
+        self._dev_cache: dict = {}
+        self.last_status = torch.zeros(0, dtype=torch.int64)
+        self.last_info: dict = {}
+
+    # -- static data per device ------------------------------------------------------------------
+    def _static(self, device: torch.device) -> dict:
+        key = str(device)
+        if key not in self._dev_cache:
+            mod = self._mod
+            f8 = torch.float64
+            T = lambda a: torch.as_tensor(np.array(a, dtype=float), dtype=f8, device=device)  # noqa: E731
+            st = {"qp": TorchQP(self.n_pv, self._G, self._A, self._S, self._s, self._t, self._w, device=device)}
+            m = self.m
+            if mod.dense:
+                st["McT"] = T(mod.Mc.T)  # (2m, 3m): [pi | qi] -> [w - ws | P | Q]
+            else:
+                S = torch.as_tensor(mod.S, dtype=f8).to_sparse().to(device)
+                st["S_sp"], st["ST_sp"] = S, S.t().coalesce()
+                st["r2"], st["x2"] = T(mod.r2), T(mod.x2)
+            st["nodes"] = torch.as_tensor(self._nodes, dtype=torch.long, device=device)
+            st["b"] = T(self._b)
+            st["capq"] = T(self.cap_q_mvar)
+            st["wmin"], st["wmax"] = T(self._wmin), T(self._wmax)
+            st["scr"] = T(self._scr)
+            st["s"], st["pmax"] = T(self._s), T(self.feeder_c.pv.p_max_mw)
+            st["ramp_p"], st["ramp_q"] = T(self._ramp_p), T(self._ramp_q)
+            st["G"], st["A"], st["S"] = T(self._G), T(self._A), T(self._S)
+            st["m"] = m
+            self._dev_cache[key] = st
+        return self._dev_cache[key]
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _check(self, raw, load_p_mw, load_q_mvar, pv_avail_mw, prev):
+        N, nb = self.n_pv, self.feeder.n_bus
+        if not isinstance(raw, torch.Tensor):
+            raise InputError(f"expected a torch.Tensor, got {type(raw).__name__}", "raw")
+        if raw.ndim != 2 or raw.shape[1] != 2 * N:
+            raise InputError(f"expected shape (B, {2 * N}) = [pv_p_mw | pv_q_mvar], got {tuple(raw.shape)}", "raw")
+        B = raw.shape[0]
+        out = []
+        for name, t, width in (("raw", raw, 2 * N), ("load_p_mw", load_p_mw, nb), ("load_q_mvar", load_q_mvar, nb),
+                               ("pv_avail_mw", pv_avail_mw, N), ("prev", prev, 2 * N)):
+            if t is None and name == "prev":
+                out.append(None)
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise InputError(f"expected a torch.Tensor, got {type(t).__name__}", name)
+            if t.shape != (B, width):
+                raise InputError(f"expected shape ({B}, {width}), got {tuple(t.shape)}", name)
+            if not t.is_floating_point():
+                raise InputError(f"expected a floating dtype, got {t.dtype}", name)
+            if t.device != raw.device:
+                raise InputError(f"expected device {raw.device}, got {t.device}", name)
+            t64 = t.detach().to(torch.float64)
+            if not bool(torch.isfinite(t64).all()):
+                bad = (~torch.isfinite(t64)).nonzero()[:5].tolist()
+                raise InputError(f"contains NaN or inf at (sample, index) {bad}", name)
+            out.append(t)
+        st = self._static(raw.device)
+        av = pv_avail_mw.detach().to(torch.float64)
+        bad = (av < -1e-9) | (av > st["pmax"] + 1e-9)
+        if bool(bad.any()):
+            raise InputError(f"expected 0 <= pv_avail_mw <= pv.p_max_mw, got values outside at (sample, inverter) "
+                             f"{bad.nonzero()[:5].tolist()}", "pv_avail_mw")
+        if prev is not None:
+            pv_ = prev.detach().to(torch.float64)
+            s2 = pv_[:, :N] ** 2 + pv_[:, N:] ** 2
+            bad = s2 > st["s"] ** 2 * (1 + 1e-6) + 1e-12
+            if bool(bad.any()):
+                raise InputError(f"previous set-points outside the inverters' rating at (sample, inverter) "
+                                 f"{bad.nonzero()[:5].tolist()}", "prev")
+        return out
+
+    def _data(self, st, load_p, load_q, avail, prev):
+        """Device bounds ``(B, n_pv)`` and the rows' right-hand sides ``h (B, m)``, ``c (B, m_soc, 2)``
+        as differentiable functions of the inputs (float64)."""
+        N, m, sn = self.n_pv, st["m"], self._sn
+        s = st["s"]
+        avail = torch.minimum(torch.clamp(avail, min=0.0), st["pmax"])  # removes rounding noise only
+        p_hi = torch.minimum(avail, s)
+        p_lo = torch.zeros_like(p_hi)
+        q_lo, q_hi = (-s).expand_as(p_hi), s.expand_as(p_hi)
+        if prev is not None:
+            minutes = 60.0 * self.dt_h
+            rp, rq = st["ramp_p"] * minutes, st["ramp_q"] * minutes
+            pp_, pq_ = prev[:, :N], prev[:, N:]
+            p_hi = torch.minimum(p_hi, pp_ + rp)
+            p_lo = torch.minimum(torch.clamp(pp_ - rp, min=0.0), p_hi)
+            q_lo = torch.maximum(q_lo, pq_ - rq)
+            q_hi = torch.minimum(q_hi, pq_ + rq)
+        nodes = st["nodes"]
+        pi0 = -load_p[:, nodes] / sn
+        qi0 = -(load_q - st["capq"])[:, nodes] / sn + st["b"]
+        if "McT" in st:
+            base = torch.cat([pi0, qi0], 1) @ st["McT"]
+            cw, P0, Q0 = base[:, :m], base[:, m:2 * m], base[:, 2 * m:]
+        else:
+            P0 = -torch.sparse.mm(st["S_sp"], pi0.T).T
+            Q0 = -torch.sparse.mm(st["S_sp"], qi0.T).T
+            cw = -torch.sparse.mm(st["ST_sp"], (st["r2"] * P0 + st["x2"] * Q0).T).T
+        cw = cw + self.v_root_pu**2
+        B = load_p.shape[0]
+        h = torch.cat([st["wmax"] - cw, cw - st["wmin"], st["scr"].expand(B, -1)], 1)
+        c = torch.stack([P0, Q0], -1)
+        return (p_lo, p_hi, q_lo, q_hi), h, c
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, raw, load_p_mw, load_q_mvar, pv_avail_mw, prev=None, return_status: bool = False):
+        """Project a batch.
+
+        Args:
+            raw: ``(B, 2 n_pv)`` raw set-points ``[pv_p_mw | pv_q_mvar]`` (float32 or float64).
+            load_p_mw, load_q_mvar: ``(B, n_bus)`` uncontrolled consumption per bus (as in
+                :class:`Snapshot`).
+            pv_avail_mw: ``(B, n_pv)`` available PV power, ``0 <= avail <= pv.p_max_mw``.
+            prev: ``(B, 2 n_pv)`` previous set-points for the ramp limits, or None.
+            return_status: Also return the ``(B,)`` statuses.
+
+        Returns:
+            ``safe``: ``(B, 2 n_pv)`` in ``raw``'s dtype and device, never NaN; with
+            ``return_status`` the pair ``(safe, status)``. Statuses (also in ``last_status``):
+            UNCHANGED (raw already feasible, returned as is), PROJECTED (the nearest feasible
+            point), INFEASIBLE (no feasible point: the CPU layer's least-violating point),
+            SOLVER_FAILED (only with ``fallback=False``: the torch solver's last iterate, inside
+            the device sets). Gradients flow to ``raw``, the loads, ``pv_avail_mw`` and ``prev``
+            for UNCHANGED and PROJECTED samples; they are zero for the other two.
+
+        Raises:
+            InputError: a wrong type, shape, dtype or device, NaN or inf, availability outside
+                ``[0, pv.p_max_mw]``, previous set-points outside an inverter's rating (the field
+                is named).
+        """
+        raw, load_p_mw, load_q_mvar, pv_avail_mw, prev = self._check(raw, load_p_mw, load_q_mvar, pv_avail_mw, prev)
+        st = self._static(raw.device)
+        f8 = torch.float64
+        bnd, h, c = self._data(st, load_p_mw.to(f8), load_q_mvar.to(f8), pv_avail_mw.to(f8),
+                               None if prev is None else prev.to(f8))
+        def row(i):  # one sample's per-bus inputs, for the CPU fallback
+            return tuple(None if t is None else t[i].detach().to(f8).cpu().numpy()
+                         for t in (load_p_mw, load_q_mvar, pv_avail_mw, prev))
+
+        holder: dict = {"row": row}
+        x = _ProjectFn.apply(raw.to(f8), *bnd, h, c, self, st, holder)
+        status = holder["status"]
+        self.last_status = status
+        self.last_info = holder["info"]
+        safe = x.to(raw.dtype)
+        return (safe, status) if return_status else safe
+
+    # -- the solve (no autograd) ------------------------------------------------------------------
+    @torch.no_grad()
+    def _solve(self, st, r, bnd, h, c, row):
+        """Solve a float64 batch; returns ``(x, status, grad_info)``."""
+        qp: TorchQP = st["qp"]
+        B, N = r.shape[0], self.n_pv
+        dev = r.device
+        plo, phi, qlo, qhi = (b.expand(B, N) for b in bnd)
+        status = torch.full((B,), int(ProjectionStatus.PROJECTED), dtype=torch.int64)
+        x = r.clone()
+        info = {"torch_optimal": 0, "fallback": 0, "iterations_max": 0}
+        # 1. already feasible: returned as is (the CPU layer's test and tolerances)
+        rp, rq = r[:, :N], r[:, N:]
+        dv = torch.maximum(torch.maximum(plo - rp, rp - phi), torch.maximum(qlo - rq, rq - qhi))
+        dv = torch.maximum(dv, torch.sqrt(rp * rp + rq * rq) - st["s"])
+        if qp.pf:
+            t = torch.as_tensor(self._t, dtype=r.dtype, device=dev)
+            dv = torch.maximum(dv, torch.where(torch.isfinite(t), rq.abs() - t * rp, torch.full_like(rq, -1.0)))
+        dev_ok = dv.amax(1) <= DEV_TOL * (1.0 + float(self._s.max()))
+        nl = (r @ st["G"].T - h).amax(1) if self._G.shape[0] else torch.zeros(B, dtype=r.dtype, device=dev)
+        if self._A.shape[0]:
+            flows = torch.einsum("jcn,bn->bjc", st["A"], r) + c
+            nl = torch.maximum(nl, (flows.norm(dim=-1) - st["S"]).amax(1))
+        unchanged = dev_ok & (nl <= FEAS_TOL)
+        todo = (~unchanged).nonzero(as_tuple=True)[0]
+        status[unchanged.cpu()] = int(ProjectionStatus.UNCHANGED)
+        slots = [torch.zeros(B, 1, dtype=torch.long, device=dev), torch.zeros(B, 1, dtype=r.dtype, device=dev),
+                 torch.zeros(B, 1, dtype=torch.long, device=dev), torch.zeros(B, 1, 2, dtype=r.dtype, device=dev)]
+        grad_ok = unchanged.clone()
+        extra = []  # CPU-solved samples with their own (wider) working sets
+        if todo.numel():
+            sol = qp.solve(r[todo], plo[todo], phi[todo], qlo[todo], qhi[todo], h[todo], c[todo], tol=self.tol,
+                           max_iter=self.max_iter, chunk=self.chunk)
+            x[todo] = sol.x
+            opt = sol.status == TorchQPStatus.OPTIMAL
+            ok_ids = todo[opt]
+            grad_ok[ok_ids] = True
+            for k, v in enumerate((sol.i_lin, sol.lam, sol.i_soc, sol.y)):
+                slots[k] = torch.zeros((B,) + tuple(v.shape[1:]), dtype=v.dtype, device=dev)
+                slots[k][ok_ids] = v[opt]
+            info["torch_optimal"] = int(opt.sum())
+            info["iterations_max"] = int(sol.iterations.max()) if sol.iterations.numel() else 0
+            bad_ids = todo[~opt].cpu().numpy()
+            bad_st = sol.status[~opt].cpu().numpy()
+            info["fallback"] = int(bad_ids.size)
+            if bad_ids.size:
+                self._fallback(st, r, bnd, h, c, x, status, bad_ids, bad_st, grad_ok, extra, row)
+        return x, status, {"grad_ok": grad_ok, "slots": slots, "extra": extra, "info": info}
+
+    def _fallback(self, st, r, bnd, h, c, x, status, ids, why, grad_ok, extra, row):
+        """Samples the torch solver did not certify: the CPU structured QP on the same numbers,
+        then the CPU layer (least-violating point) for infeasible ones."""
+        from safedispatch.backends.structured_qp import QPStatus
+
+        N = self.n_pv
+        qp = st["qp"]
+        nd = lambda t: t.detach().cpu().numpy()  # noqa: E731
+        B = r.shape[0]
+        R = nd(r[ids])
+        bl = [nd(b.expand(B, N)[ids]) for b in bnd]
+        H, C = nd(h[ids]), nd(c[ids])
+        cq = self._mod.fast
+        e0 = np.zeros(0)
+        for k, i in enumerate(ids):
+            if not self.fallback:
+                status[i] = int(ProjectionStatus.SOLVER_FAILED)
+                continue
+            res = None
+            if why[k] != TorchQPStatus.INFEASIBLE:
+                res = cq.solve(R[k, :N], R[k, N:], e0, self._w, e0, bl[0][k], bl[1][k], bl[2][k], bl[3][k], self._s,
+                               self._t, e0, e0, H[k], C[k], self._S)
+            if res is not None and res.status == QPStatus.OPTIMAL:
+                p, q = res.x[:N].copy(), res.x[N:].copy()
+                kernels.onto_devices(p, q, e0.copy(), bl[0][k], bl[1][k], bl[2][k], bl[3][k], self._s, self._t, e0, e0)
+                x[i] = torch.as_tensor(np.concatenate([p, q]), dtype=x.dtype, device=x.device)
+                status[i] = int(ProjectionStatus.PROJECTED)
+                extra.append((int(i), self._slots_from_cpu(qp, res, np.concatenate([p, q]), C[k])))
+                continue
+            # no certified optimum: the CPU layer decides (infeasible: least-violating point)
+            out = self._cpu_project(R[k], row(int(i)))
+            x[i] = torch.as_tensor(out.action.to_vector()[:2 * N], dtype=x.dtype, device=x.device)
+            status[i] = int(out.status)
+
+    @staticmethod
+    def _slots_from_cpu(qp: TorchQP, res, x, c):
+        """Working set (scaled rows) from the CPU solver's multipliers, for the gradient."""
+        lin = np.flatnonzero(res.lam_lin[qp.lin_map] > 0)
+        soc = np.flatnonzero(res.lam_soc[qp.soc_map] > 0)
+        gn, an = qp.gn.cpu().numpy(), qp.an.cpu().numpy()
+        lam = res.lam_lin[qp.lin_map][lin] * gn[lin]
+        An = qp.An.cpu().numpy()
+        y = np.zeros((soc.size, 2))
+        for k, j in enumerate(soc):
+            u = An[j] @ x + c[qp.soc_map[j]] / an[j]
+            y[k] = res.lam_soc[qp.soc_map[j]] * an[j] * u / max(np.linalg.norm(u), 1e-300)
+        return lin, lam, soc, y
+
+    # -- CPU reference ----------------------------------------------------------------------------
+    def _cpu_project(self, raw_row, inputs):
+        lp, lq, av, pv_ = inputs
+        N = self.n_pv
+        prev = None if pv_ is None else Action(pv_p_mw=pv_[:N], pv_q_mvar=pv_[N:])
+        snap = Snapshot(load_p_mw=lp, load_q_mvar=lq - self.cap_q_mvar, pv_avail_mw=av, prev=prev,
+                        v_root_pu=self.v_root_pu, dt_h=self.dt_h)
+        return self.cpu.project(Action(pv_p_mw=raw_row[:N], pv_q_mvar=raw_row[N:]), snap)
+
+    @torch.no_grad()
+    def compare(self, raw, load_p_mw, load_q_mvar, pv_avail_mw, prev=None) -> Comparison:
+        """Run this layer and the CPU :class:`SafetyLayer` (same feeder, capacitor banks at this
+        layer's fixed steps, storage idle) on the same inputs and report the disagreement.
+
+        Args:
+            raw, load_p_mw, load_q_mvar, pv_avail_mw, prev: As for :meth:`forward`.
+
+        Returns:
+            A :class:`Comparison`.
+
+        Raises:
+            InputError: as :meth:`forward`.
+        """
+        t0 = time.perf_counter()
+        safe, st_t = self.forward(raw, load_p_mw, load_q_mvar, pv_avail_mw, prev, return_status=True)
+        t1 = time.perf_counter()
+        N = self.n_pv
+        nd = lambda t: None if t is None else t.detach().cpu().to(torch.float64).numpy()  # noqa: E731
+        R, LP, LQ, AV, PV = (nd(t) for t in (raw, load_p_mw, load_q_mvar, pv_avail_mw, prev))
+        B = R.shape[0]
+        safe_cpu = np.zeros((B, 2 * N))
+        st_c = np.zeros(B, dtype=np.int64)
+        t2 = time.perf_counter()
+        for i in range(B):
+            out = self._cpu_project(R[i], (LP[i], LQ[i], AV[i], None if PV is None else PV[i]))
+            safe_cpu[i] = out.action.to_vector()[:2 * N]
+            st_c[i] = int(out.status)
+        t3 = time.perf_counter()
+        s_t = nd(safe)
+        diff = np.abs(s_t - safe_cpu).max(1) if B else np.zeros(0)
+        st_t = st_t.numpy()
+        return Comparison(max_abs_diff=float(diff.max(initial=0.0)), diff=diff, status_torch=st_t, status_cpu=st_c,
+                          n_status_mismatch=int((st_t != st_c).sum()), safe_torch=s_t, safe_cpu=safe_cpu,
+                          torch_time_s=t1 - t0, cpu_time_s=t3 - t2)
+
+
+class _ProjectFn(torch.autograd.Function):
+    """x = projection(raw; bounds, h, c) with implicit-differentiation backward."""
+
+    @staticmethod
+    def forward(ctx, r, plo, phi, qlo, qhi, h, c, layer, st, holder):
+        B = r.shape[0]
+        N = layer.n_pv
+        bnd = tuple(b.expand(B, N) for b in (plo, phi, qlo, qhi))
+        if B == 0:
+            x = r.clone()
+            holder["status"] = torch.zeros(0, dtype=torch.int64)
+            holder["info"] = {"torch_optimal": 0, "fallback": 0, "iterations_max": 0}
+            ctx.empty = True
+            return x
+        ctx.empty = False
+        x, status, g = layer._solve(st, r, bnd, h, c, holder["row"])
+        holder["status"] = status
+        holder["info"] = g["info"]
+        ctx.st = st
+        ctx.g = g
+        ctx.save_for_backward(r, *bnd, x)
+        ctx.status = status
+        return x
+
+    @staticmethod
+    def backward(ctx, gx):
+        if ctx.empty:
+            return (gx.clone(),) + (None,) * 9
+        r, plo, phi, qlo, qhi, x = ctx.saved_tensors
+        st, g = ctx.st, ctx.g
+        qp: TorchQP = st["qp"]
+        B = r.shape[0]
+        dev = r.device
+        r_bar = torch.zeros_like(r)
+        b_bar = [torch.zeros_like(plo) for _ in range(4)]
+        h_bar = torch.zeros(B, qp.m_full, dtype=r.dtype, device=dev)
+        c_bar = torch.zeros(B, qp.ms_full, 2, dtype=r.dtype, device=dev)
+        st_dev = ctx.status.to(dev)
+        unchanged = st_dev == int(ProjectionStatus.UNCHANGED)
+        r_bar[unchanged] = gx[unchanged]
+        ok = g["grad_ok"].to(dev) & ~unchanged
+        extra_ids = [i for i, _ in g["extra"]]
+        if extra_ids:
+            ok[torch.as_tensor(extra_ids, dtype=torch.long, device=dev)] = False
+        groups = []
+        ids = ok.nonzero(as_tuple=True)[0]
+        if ids.numel():
+            iL, lam, iS, y = (s[ids] for s in g["slots"])
+            groups.append((ids, iL, lam, iS, y))
+        for i, (lin, lamv, soc, yv) in g["extra"]:
+            T = lambda a, dt=r.dtype: torch.as_tensor(a, dtype=dt, device=dev).unsqueeze(0)  # noqa: E731
+            kL, kS = max(lin.size, 1), max(soc.size, 1)
+            iL = torch.zeros(1, kL, dtype=torch.long, device=dev)
+            lam = torch.zeros(1, kL, dtype=r.dtype, device=dev)
+            iS = torch.zeros(1, kS, dtype=torch.long, device=dev)
+            y = torch.zeros(1, kS, 2, dtype=r.dtype, device=dev)
+            iL[0, :lin.size] = T(lin, torch.long)[0]
+            lam[0, :lin.size] = T(lamv)[0]
+            iS[0, :soc.size] = T(soc, torch.long)[0]
+            y[0, :soc.size] = T(yv)[0]
+            groups.append((torch.tensor([i], device=dev), iL, lam, iS, y))
+        for ids, iL, lam, iS, y in groups:
+            bnd = tuple(b[ids] for b in (plo, phi, qlo, qhi))
+            # v = r - W^-1 M^T z at the solution (the point whose projection is x)
+            u = torch.einsum("bk,bkn->bn", lam, qp.Gn[iL]) + torch.einsum("bkc,bkcn->bn", y, qp.An[iS])
+            v = r[ids] - u * qp.winv.repeat(2)
+            rb, bb, hb, cb = implicit_vjp(qp, gx[ids], x[ids], v, iL, lam, iS, y, bnd)
+            r_bar[ids] = rb
+            for k in range(4):
+                b_bar[k][ids] = bb[k]
+            h_bar[ids] = hb
+            c_bar[ids] = cb
+        return (r_bar, *b_bar, h_bar, c_bar, None, None, None)
+
