@@ -176,7 +176,7 @@ def _pv_vertices(k, plo, phi, qlo, qhi, s, haspf, th, ih, verts):
     return cnt
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _proj_pv(vp, vq, k, plo, phi, qlo, qhi, s, haspf, th, ih, verts, nvert):
     """Euclidean projection of (vp, vq) on inverter k's set and the Jacobian of the projection.
 
@@ -239,7 +239,7 @@ def _proj_pv(vp, vq, k, plo, phi, qlo, qhi, s, haspf, th, ih, verts, nvert):
     return bp, bq, 2, 0.0, 0.0, 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _project_all(v, x, jkind, jtp, jtq, jk, n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo, ehi,
                  verts, nvert):
     """Project v on the product of device sets into x (and record the Jacobians).
@@ -348,7 +348,7 @@ def _check_inputs(n_pv, n_sc, rp, rq, re, wp, we, plo, phi, qlo, qhi, s, t, elo,
     return 0, 0, 0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _dual_terms(z, g, rows, nrows, soc_of_row, Sp, m):
     """sum_r z_r g_r - sum_j S'_j ||y_j|| over the listed rows (soc rows come in pairs)."""
     acc = 0.0
@@ -367,7 +367,7 @@ def _dual_terms(z, g, rows, nrows, soc_of_row, Sp, m):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _row_dot(mp, mi, mv, i, x):
     """(M x)_i with M in CSR form (the scaled network rows are sparse on large feeders: a
     voltage or flow row only involves the inverters of its own lateral)."""
@@ -377,7 +377,7 @@ def _row_dot(mp, mi, mv, i, x):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rows_full(x, mp, mi, mv, b, g, nrow, n):
     """g = M x - b for every row."""
     for i in range(nrow):
@@ -467,7 +467,7 @@ def _eval_point(zs, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, 
     return f, d, bad
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _set_trial(alpha, nF, fent_row, fent_kind, fent_u0, fent_u1, dz, z, zt, memb, nmr):
     """zt = P(z + alpha dz) on the working set: lam clipped at 0, a cone multiplier stepping
     through the origin lands on it (the kink of -S||y||), a new cone multiplier on its ray."""
@@ -640,6 +640,19 @@ def _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv, S
         gtd += rhs[e] * dz[e]
         dn2 += dz[e] * dz[e]
     return True, gtd, delta * dn2
+
+
+@njit(cache=True, inline="always")
+def _take_trial(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t):
+    """Make the trial point (and its device Jacobians) the current one."""
+    for i in range(x.shape[0]):
+        x[i] = xt[i]
+    for k in range(jkind.shape[0]):
+        jkind[k] = jkind_t[k]
+    for k in range(jtp.shape[0]):
+        jtp[k] = jtp_t[k]
+        jtq[k] = jtq_t[k]
+        jk[k] = jk_t[k]
 
 
 @njit(cache=True)
@@ -823,20 +836,30 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
         else:
             for i in range(nrow):
                 z[i] = 0.0
+        # d(0) = f(Proj_D r): x holds Proj_D r here
+        fval = 0.0
+        for i in range(n):
+            dd = x[i] - r[i]
+            fval += 0.5 * w[i] * dd * dd
         if nmr > 0:
-            fval, dval, bad = _eval_point(z, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, n_pv, n_sc,
-                                          plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in, verts, nvert, v, x,
-                                          jkind, jtp, jtq, jk, g)
-            _rows_full(x, mp, mi, mv, b, g, nrow, n)
-            for i in range(n):
-                xref[i] = x[i]
-            for i in range(nrow):
-                gref[i] = g[i]
-        else:
-            fval = 0.0
-            for i in range(n):
-                dd = x[i] - r[i]
-                fval += 0.5 * w[i] * dd * dd
+            # start from the warm duals only where they are the better start: the dual value
+            # increases at every accepted step, and duals from an unrelated instance can sit
+            # below d(0), costing iterations instead of saving them
+            ft, dt, bad = _eval_point(z, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, n_pv, n_sc,
+                                      plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in, verts, nvert, v, xt,
+                                      jkind_t, jtp_t, jtq_t, jk_t, gt)
+            if bad < 0 and dt >= fval:
+                fval = ft
+                _take_trial(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t)
+                _rows_full(x, mp, mi, mv, b, g, nrow, n)
+                for i in range(n):
+                    xref[i] = x[i]
+                for i in range(nrow):
+                    gref[i] = g[i]
+            else:
+                for i in range(nrow):
+                    z[i] = 0.0
+                nmr = 0
         dval = fval + _dual_terms(z, g, memb, nmr, soc_of_row, Sp, m)
 
         theta = reg
@@ -1112,14 +1135,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                             rr = memb[q]
                             z[rr] = zt[rr]
                             g[rr] = gt[rr]
-                        for i in range(n):
-                            x[i] = xt[i]
-                        for k in range(jkind.shape[0]):
-                            jkind[k] = jkind_t[k]
-                        for k in range(jtp.shape[0]):
-                            jtp[k] = jtp_t[k]
-                            jtq[k] = jtq_t[k]
-                            jk[k] = jk_t[k]
+                        _take_trial(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t)
                         fval = ft
                         dval = dt
                 if not accepted:
@@ -1528,6 +1544,11 @@ class StructuredQP:
             np.zeros(n), np.zeros(max(nrow, 1)),                                                # xref gref
         )
         self._zero_z = np.zeros(nrow)
+        # for solve_unchecked: the static arguments and output buffers, packed once
+        self._static = (n_pv, n_sc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map,
+                        self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2)
+        self._out = (np.empty(n), np.empty(self.m), np.empty(self.m_soc), np.empty(self.m, dtype=np.bool_),
+                     np.empty(self.m_soc, dtype=np.bool_), np.empty(len(_KKT_NAMES)), np.empty(8))
         self._empty_c = np.zeros((0, 2))
         self._id = id(self)
         self.add_max = _ADD_MAX
@@ -1630,6 +1651,29 @@ class StructuredQP:
         res.warm = WarmStart(z, self._id)
         res.message = "" if code == _ST_OPT else self._message(code, info)
         return res
+
+    @property
+    def n_rows(self) -> int:
+        """Length of the dual vector ``z`` of :meth:`solve_unchecked`."""
+        return self._nrow
+
+    def solve_unchecked(self, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S, z,
+                        use_warm: bool, tol: float = 1e-9, max_iter: int = 200) -> tuple[int, np.ndarray, int]:
+        """:meth:`solve` without the Python-side checks and the result object, for hot paths.
+
+        The caller passes C-contiguous float64 arrays of the shapes :meth:`solve` documents
+        (the compiled solver still checks their values) and owns the duals: ``z`` (``(n_rows,)``)
+        is the warm start on entry when ``use_warm`` and the final duals on exit.
+
+        Returns:
+            ``(code, x, iterations)``: ``code`` is a :class:`QPStatus` value, or -1 for invalid
+            values (call :meth:`solve` for the typed error); ``x`` is an instance buffer,
+            overwritten by the next call.
+        """
+        out = self._out
+        code = _solve_core(*self._static, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
+                           z, use_warm, tol, max_iter, self.add_max, self.reg, *self._work, *out)
+        return code, out[0], int(out[6][0])
 
     def _message(self, code: int, info: np.ndarray) -> str:
         why, which = int(info[1]), int(info[2])

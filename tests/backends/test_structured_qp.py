@@ -446,6 +446,47 @@ def test_warm_start_from_far_away_still_exact(feeders):
         assert np.max(np.abs(cold.x - hot.x)) <= 1e-7
 
 
+def test_unrelated_warm_start_costs_no_more_than_cold(feeders):
+    """Warm duals from unrelated instances are used only when their dual value beats z = 0, so
+    on a shuffled sequence they cost (almost) no extra iterations; answers are unchanged."""
+    fi, qp = feeders("ieee33-paperB-4")
+    rng = np.random.default_rng(5)
+    warm, it_warm, it_cold = None, 0, 0
+    for _ in range(60):
+        d = fi.instance(rng, mode="wild")
+        cold = qp.solve(**d)
+        hot = qp.solve(**d, warm=warm)
+        assert cold.status == hot.status
+        if cold.status == QPStatus.OPTIMAL:
+            assert np.max(np.abs(cold.x - hot.x)) <= 1e-7
+            warm = hot.warm
+        it_cold += cold.iterations
+        it_warm += hot.iterations
+    assert it_warm <= 1.1 * it_cold, (it_warm, it_cold)
+
+
+def test_solve_unchecked_equals_solve(feeders):
+    """The hot-path entry returns solve()'s answer, carries the duals in the caller's z, and
+    reports invalid values as -1 instead of raising."""
+    fi, qp = feeders("ieee33-paperB", 2)
+    rng = np.random.default_rng(6)
+    z = np.zeros(qp.n_rows)
+    warm = None
+    for k in range(20):
+        d = fi.instance(rng)
+        ref = qp.solve(**d, warm=warm)
+        args = [np.ascontiguousarray(d[key], dtype=float) for key in
+                ("rp", "rq", "re", "wp", "we", "p_lo", "p_hi", "q_lo", "q_hi", "s", "t", "e_lo", "e_hi", "h", "c", "S")]
+        code, x, iters = qp.solve_unchecked(*args, z, k > 0)
+        assert code == int(ref.status) and iters == ref.iterations
+        np.testing.assert_array_equal(x, ref.x)
+        np.testing.assert_array_equal(z, ref.warm.z)
+        warm = ref.warm
+    args[0] = args[0].copy()
+    args[0][1] = np.nan
+    assert qp.solve_unchecked(*args, z, False)[0] == -1
+
+
 # =============================================================================================
 # degenerate cases
 # =============================================================================================
