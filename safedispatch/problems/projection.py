@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from safedispatch.formulations import lindistflow, socp_branchflow
 from safedispatch.network.feeder import Feeder
@@ -60,27 +61,45 @@ def device_bounds(feeder: Feeder, mn: ModelNetwork, snap: Snapshot) -> DeviceBou
     ``-e eta_ch dt / E``).
     """
     pv, ess = feeder.pv, feeder.ess
-    i = mn.pv
-    s = pv.s_mva[i]
-    avail = np.asarray(snap.pv_avail_mw, float)[i]
-    p_lo, p_hi = np.zeros(i.size), np.minimum(avail, s)
-    q_lo, q_hi = -s.copy(), s.copy()
-    if snap.prev is not None:
-        minutes = 60.0 * snap.dt_h
-        rp = pv.ramp_p_pu_per_min[i] * s * minutes
-        rq = pv.ramp_q_pu_per_min[i] * s * minutes
-        pp_, pq_ = snap.prev.pv_p_mw[i], snap.prev.pv_q_mvar[i]
-        p_hi = np.minimum(p_hi, pp_ + rp)
-        p_lo = np.minimum(np.maximum(p_lo, pp_ - rp), p_hi)
-        q_lo = np.maximum(q_lo, pq_ - rq)
-        q_hi = np.minimum(q_hi, pq_ + rq)
-    k = mn.ess
-    e_max = ess.e_max_mwh[k]
-    soc = np.asarray(snap.ess_soc, float)[k]
-    dt = snap.dt_h
-    e_hi = np.minimum(ess.p_max_mw[k], np.maximum(soc - ess.soc_min[k], 0) * e_max * ess.eta_discharge[k] / dt)
-    e_lo = -np.minimum(ess.p_max_mw[k], np.maximum(ess.soc_max[k] - soc, 0) * e_max / (ess.eta_charge[k] * dt))
-    return DeviceBounds(p_lo=p_lo, p_hi=p_hi, q_lo=q_lo, q_hi=q_hi, e_lo=e_lo, e_hi=e_hi)
+    i, k = mn.pv, mn.ess
+    prev = snap.prev
+    out_pv = np.empty((4, i.size))
+    out_e = np.empty((2, k.size))
+    pp_, pq_ = (prev.pv_p_mw[i], prev.pv_q_mvar[i]) if prev is not None else (out_pv[0], out_pv[0])
+    bounds_kernel(np.asarray(snap.pv_avail_mw, float)[i], pv.s_mva[i], pv.ramp_p_pu_per_min[i],
+                  pv.ramp_q_pu_per_min[i], prev is not None, pp_, pq_,
+                  np.asarray(snap.ess_soc, float)[k], ess.p_max_mw[k], ess.e_max_mwh[k], ess.soc_min[k],
+                  ess.soc_max[k], ess.eta_charge[k], ess.eta_discharge[k], float(snap.dt_h), out_pv, out_e)
+    return DeviceBounds(p_lo=out_pv[0], p_hi=out_pv[1], q_lo=out_pv[2], q_hi=out_pv[3], e_lo=out_e[0], e_hi=out_e[1])
+
+
+@njit(cache=True, nogil=True)
+def bounds_kernel(avail, s, ramp_p, ramp_q, has_prev, prev_p, prev_q, soc, p_max, e_max, soc_min, soc_max, eta_ch,
+                  eta_dis, dt, out_pv, out_e):  # pragma: no cover - compiled
+    """The arithmetic of :func:`device_bounds` (also called directly by the safety layer's
+    lean path): ``out_pv`` rows ``p_lo, p_hi, q_lo, q_hi``, ``out_e`` rows ``e_lo, e_hi``."""
+    minutes = 60.0 * dt
+    for j in range(s.shape[0]):
+        plo = 0.0
+        phi = min(avail[j], s[j])
+        qlo = -s[j]
+        qhi = s[j]
+        if has_prev:
+            if ramp_p[j] < np.inf:
+                rp = ramp_p[j] * s[j] * minutes
+                phi = min(phi, prev_p[j] + rp)
+                plo = min(max(plo, prev_p[j] - rp), phi)
+            if ramp_q[j] < np.inf:
+                rq = ramp_q[j] * s[j] * minutes
+                qlo = max(qlo, prev_q[j] - rq)
+                qhi = min(qhi, prev_q[j] + rq)
+        out_pv[0, j] = plo
+        out_pv[1, j] = phi
+        out_pv[2, j] = qlo
+        out_pv[3, j] = qhi
+    for j in range(p_max.shape[0]):
+        out_e[1, j] = min(p_max[j], max(soc[j] - soc_min[j], 0.0) * e_max[j] * eta_dis[j] / dt)
+        out_e[0, j] = -min(p_max[j], max(soc_max[j] - soc[j], 0.0) * e_max[j] / (eta_ch[j] * dt))
 
 
 class ProjectionProgram:

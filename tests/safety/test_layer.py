@@ -283,7 +283,7 @@ def test_warm_start_saves_iterations():
     for k, pv in enumerate(np.linspace(0.6, 1.0, 15)):
         snap = sd.Snapshot.nominal(f, load=0.35, pv=pv)
         a = warm.project(raw, snap)
-        cold.models[0]._fast_warm.clear()  # forget the previous call
+        cold.reset_warm_start()  # forget the previous call
         b = cold.project(raw, snap)
         assert a.status == b.status == PS.PROJECTED
         np.testing.assert_allclose(a.action.to_vector(), b.action.to_vector(), atol=1e-7)
@@ -324,3 +324,46 @@ def test_all_solvers_failing_is_a_status_not_an_exception():
     # moved onto the device limits at least, and the model's verdict is reported
     assert device_violation(f, snap.checked(f), res.action) <= 1e-9
     assert res.violation["vm_pu"] > 0
+
+
+@pytest.mark.parametrize("case,opts", [
+    ("ieee33-paperB-4", {}),
+    ("ieee33-paperB", {"scr_min": 2.0}),
+    ("ieee33-zones", {"pv_error_sd_mw": [0.05] * 4}),  # storage and chance-constraint margins
+])
+def test_lean_path_equals_general_path(case, opts):
+    """The lean path (one compiled call before and one after the QP) returns what the general
+    path returns for the same call: status, set-points, model state, violation and active set."""
+    f = sd.load_case(case)
+    lean = sd.SafetyLayer(f, **opts)
+    general = sd.SafetyLayer(f, **opts)
+    general._lean_ok = False
+    assert lean._lean_ok
+    rng = np.random.default_rng(11)
+    hits = 0
+    seen = set()
+    for k in range(40):
+        snap = random_snapshot(f, rng, ramp=k % 2 == 1)
+        if f.n_ess:
+            snap = snap.replace(ess_soc=rng.uniform(f.ess.soc_min, f.ess.soc_max))
+        raw = random_action(f, rng)
+        if f.n_ess:
+            raw = sd.Action(pv_p_mw=raw.pv_p_mw, pv_q_mvar=raw.pv_q_mvar, ess_p_mw=rng.uniform(-1, 1, f.n_ess))
+        hits += lean._project_lean(raw, snap) is not None
+        a, b = lean.project(raw, snap), general.project(raw, snap)
+        seen.add(a.status)
+        assert a.status == b.status
+        np.testing.assert_allclose(a.action.to_vector(), b.action.to_vector(), atol=1e-7)
+        np.testing.assert_allclose(a.vm_pu, b.vm_pu, atol=1e-9)
+        np.testing.assert_allclose(a.branch_p_mw, b.branch_p_mw, atol=1e-9)
+        assert a.correction_norm == pytest.approx(b.correction_norm, rel=1e-6, abs=1e-8)
+        assert a.violation["vm_pu"] == pytest.approx(b.violation["vm_pu"], abs=1e-9)
+        assert set(a.active) == set(b.active)
+    assert hits >= 30 and PS.PROJECTED in seen  # the lean path did answer (not only fall back)
+    # inputs the lean path does not take go to the general path, which raises the typed error
+    snap = random_snapshot(f, rng)
+    bad = snap.replace(pv_avail_mw=-snap.pv_avail_mw - 1.0)
+    with pytest.raises(sd.InputError, match="pv_avail_mw"):
+        lean.project(random_action(f, rng), bad)
+    with pytest.raises(sd.InputError, match="load_p_mw"):
+        lean.project(random_action(f, rng), snap.replace(load_p_mw=np.full(f.n_bus, np.nan)))
