@@ -3,6 +3,7 @@
 The public names are listed in ``__all__``; see README.md for a tour.
 """
 
+from safedispatch import baselines  # noqa: F401  (sd.baselines.solve_opf, ...)
 from safedispatch.errors import (
                                  BackendUnavailableError,
                                  InfeasibleError,
