@@ -7,5 +7,9 @@ shared with trained policies.
 
 from safedispatch.baselines.controller import Controller, NoControl
 from safedispatch.baselines.droop import CATEGORY_B_DEFAULT, VoltVarCurve, VoltVarDroop
+from safedispatch.baselines.opf import OPFController, OPFResult, OPFStatus, SnapshotOPF, solve_opf
+from safedispatch.problems.opf import PAPER_B_WEIGHTS, OPFWeights
 
-__all__ = ["CATEGORY_B_DEFAULT", "Controller", "NoControl", "VoltVarCurve", "VoltVarDroop"]
+__all__ = ["CATEGORY_B_DEFAULT", "PAPER_B_WEIGHTS", "Controller", "NoControl",
+           "OPFController", "OPFResult", "OPFStatus", "OPFWeights", "SnapshotOPF", "VoltVarCurve",
+           "VoltVarDroop", "solve_opf"]
