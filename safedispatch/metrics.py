@@ -1,0 +1,121 @@
+"""The papers' evaluation metrics, computed one way for every controller.
+
+All functions take trajectories as arrays with time on the first axis (any further leading
+batch axes are flattened into time): voltages ``(T, n_bus)``, set-points ``(T, n_pv)``,
+losses ``(T,)``. Voltage metrics are over the non-slack buses (the substation voltage is
+fixed by the grid, not by the controller).
+
+Definitions (``v_ref`` = 1 pu by default):
+
+* ``mean_voltage_deviation_pu``: mean over steps and buses of ``|v - v_ref|`` (paper C).
+* ``rms_voltage_deviation_pu``: ``sqrt(mean((v - v_ref)^2))`` (paper B).
+* ``violation_rate``: share of steps with any bus outside its limits (paper C).
+* ``controllable_rate``: share of steps with every bus inside its limits (MAPDN's CR, Wang et
+  al., NeurIPS 2021); ``1 - violation_rate``.
+* ``violation_pu``: mean over steps of the summed limit excess ``sum max(0, v - vmax) +
+  max(0, vmin - v)`` (paper C's constraint cost); ``max_violation_pu``: the largest excess.
+* ``losses_mwh``: ``sum(p_loss) * dt``; ``losses_mw_summed``: ``sum(p_loss)`` (paper C's table
+  sums MW over the 96 steps).
+* ``curtailment_ratio``: ``sum(avail - p) / sum(avail)`` (paper B).
+* ``reactive_mvarh``: ``sum(|q|) * dt``, reactive power used.
+* ``intervention_rate``: share of steps the safety layer changed the action (status not
+  UNCHANGED); ``mean_correction``: mean correction norm (MW/MVAr), both only when the safety
+  layer's outputs are passed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from safedispatch.errors import InputError
+from safedispatch.network.feeder import Feeder
+
+__all__ = ["dispatch_metrics"]
+
+
+def _arr(x, name: str, ndim: int, width: int | None = None) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    if a.ndim < ndim:
+        raise InputError(f"expected at least {ndim} dimensions, got shape {a.shape}", name)
+    if ndim == 2:
+        if width is not None and a.shape[-1] != width:
+            raise InputError(f"expected last dimension {width}, got shape {a.shape}", name)
+        a = a.reshape(-1, a.shape[-1])
+    else:
+        a = a.reshape(-1)
+    if not np.isfinite(a).all():
+        raise InputError("contains NaN or inf", name)
+    return a
+
+
+def dispatch_metrics(feeder: Feeder, vm_pu, p_loss_mw, pv_avail_mw=None, pv_p_mw=None, pv_q_mvar=None,
+                     dt_h: float = 0.25, v_ref_pu: float = 1.0, correction_norm=None, projection_status=None) -> dict:
+    """The metrics of one or many trajectories (see the module docstring).
+
+    Args:
+        feeder: The network (voltage limits, slack bus).
+        vm_pu: ``(..., T, n_bus)`` AC voltages per step.
+        p_loss_mw: ``(..., T)`` losses per step.
+        pv_avail_mw, pv_p_mw, pv_q_mvar: ``(..., T, n_pv)`` availability and applied set-points
+            (optional: curtailment and reactive metrics need them).
+        dt_h: Step length (hours).
+        v_ref_pu: Reference voltage of the deviation metrics.
+        correction_norm, projection_status: ``(..., T)`` the safety layer's outputs (optional).
+
+    Returns:
+        A dict of floats.
+
+    Raises:
+        InputError: shapes that do not match the feeder or each other, NaN or inf.
+    """
+    v = _arr(vm_pu, "vm_pu", 2, feeder.n_bus)
+    T = v.shape[0]
+    loss = _arr(p_loss_mw, "p_loss_mw", 1)
+    if loss.size != T:
+        raise InputError(f"expected {T} steps like vm_pu, got {loss.size}", "p_loss_mw")
+    if not (np.isfinite(dt_h) and dt_h > 0):
+        raise InputError(f"expected a finite step > 0, got {dt_h}", "dt_h")
+    mask = np.ones(feeder.n_bus, bool)
+    mask[feeder.root_bus] = False
+    vb = v[:, mask]
+    vmin, vmax = feeder.bus.vm_min_pu[mask], feeder.bus.vm_max_pu[mask]
+    excess = np.maximum(vb - vmax, 0.0) + np.maximum(vmin - vb, 0.0)
+    viol_step = excess.max(axis=1) > 0
+    dev = vb - v_ref_pu
+    out = {
+        "steps": float(T),
+        "mean_voltage_deviation_pu": float(np.abs(dev).mean()),
+        "rms_voltage_deviation_pu": float(np.sqrt((dev**2).mean())),
+        "violation_rate": float(viol_step.mean()),
+        "controllable_rate": float(1.0 - viol_step.mean()),
+        "violation_pu": float(excess.sum(axis=1).mean()),
+        "max_violation_pu": float(excess.max(initial=0.0)),
+        "min_vm_pu": float(vb.min()),
+        "max_vm_pu": float(vb.max()),
+        "losses_mwh": float(loss.sum() * dt_h),
+        "losses_mw_summed": float(loss.sum()),
+    }
+    if pv_avail_mw is not None and pv_p_mw is not None:
+        av = _arr(pv_avail_mw, "pv_avail_mw", 2, feeder.n_pv)
+        p = _arr(pv_p_mw, "pv_p_mw", 2, feeder.n_pv)
+        if av.shape[0] != T or p.shape[0] != T:
+            raise InputError(f"expected {T} steps like vm_pu", "pv_p_mw" if p.shape[0] != T else "pv_avail_mw")
+        tot = av.sum()
+        out["curtailment_ratio"] = float((av - p).sum() / tot) if tot > 0 else 0.0
+        out["pv_energy_mwh"] = float(p.sum() * dt_h)
+    if pv_q_mvar is not None:
+        q = _arr(pv_q_mvar, "pv_q_mvar", 2, feeder.n_pv)
+        if q.shape[0] != T:
+            raise InputError(f"expected {T} steps like vm_pu", "pv_q_mvar")
+        out["reactive_mvarh"] = float(np.abs(q).sum() * dt_h)
+    if projection_status is not None:
+        st = _arr(projection_status, "projection_status", 1)
+        if st.size != T:
+            raise InputError(f"expected {T} steps like vm_pu", "projection_status")
+        out["intervention_rate"] = float((st != 0).mean())
+    if correction_norm is not None:
+        cn = _arr(correction_norm, "correction_norm", 1)
+        if cn.size != T:
+            raise InputError(f"expected {T} steps like vm_pu", "correction_norm")
+        out["mean_correction"] = float(cn.mean())
+    return out
