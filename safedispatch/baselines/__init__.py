@@ -7,9 +7,10 @@ shared with trained policies.
 
 from safedispatch.baselines.controller import Controller, NoControl
 from safedispatch.baselines.droop import CATEGORY_B_DEFAULT, VoltVarCurve, VoltVarDroop
+from safedispatch.baselines.mip import MIPResult, MIPStatus, SnapshotMIP, solve_mip
 from safedispatch.baselines.opf import OPFController, OPFResult, OPFStatus, SnapshotOPF, solve_opf
 from safedispatch.problems.opf import PAPER_B_WEIGHTS, OPFWeights
 
-__all__ = ["CATEGORY_B_DEFAULT", "PAPER_B_WEIGHTS", "Controller", "NoControl",
-           "OPFController", "OPFResult", "OPFStatus", "OPFWeights", "SnapshotOPF", "VoltVarCurve",
-           "VoltVarDroop", "solve_opf"]
+__all__ = ["CATEGORY_B_DEFAULT", "PAPER_B_WEIGHTS", "Controller", "MIPResult", "MIPStatus", "NoControl",
+           "OPFController", "OPFResult", "OPFStatus", "OPFWeights", "SnapshotMIP", "SnapshotOPF", "VoltVarCurve",
+           "VoltVarDroop", "solve_mip", "solve_opf"]

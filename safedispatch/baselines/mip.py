@@ -1,0 +1,234 @@
+"""Snapshot mixed-integer optimization: paper B's centralized baseline, solved at every step
+without look-ahead.
+
+LinDistFlow network (Baran & Wu 1989) and the safety layer's device constraints (the same
+:class:`~safedispatch.problems.projection.ProjectionProgram`, on the Pyomo algebra, so the
+inverter disks are **inner** regular polygons: every set-point is inside its disk), plus:
+
+* capacitor steps as integers ``0..n_steps`` with a switching cost per step changed
+  (paper C: ``switch_cost * |c - c_prev|``, linearized with one auxiliary per bank);
+* grid-forming/following mode binaries (paper B): ``p <= delta s + (1 - delta) eps`` with at
+  least ``min_grid_forming`` inverters in forming mode (``delta = 0``, active power at most
+  ``eps``: the headroom a grid-forming unit keeps);
+* the short-circuit-ratio bound at weak buses (``scr_min``, as in the projection).
+
+The objective is linear (HiGHS solves MILPs, not MIQPs): curtailment cost, switching cost and
+paper C's voltage deviation ``sum |w - v_ref^2| / 2`` (~ ``sum |v - v_ref|``), each weighted.
+Solved with HiGHS through Pyomo (:mod:`safedispatch.backends.pyomo_`); the model is built once
+per feeder and options, each snapshot updates mutable parameters only. Build and solve times
+are reported separately.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+from safedispatch.backends import pyomo_
+from safedispatch.backends.result import SolveStatus
+from safedispatch.baselines.controller import available_p_mw, hold_cap_step
+from safedispatch.errors import InputError
+from safedispatch.network.feeder import Feeder
+from safedispatch.problems.projection import BIG, ProjectionProgram, device_bounds
+from safedispatch.problems.types import Action, Snapshot
+from safedispatch.problems.zones import model_network
+
+__all__ = ["MIPResult", "MIPStatus", "SnapshotMIP", "solve_mip"]
+
+
+class MIPStatus(IntEnum):
+    """OPTIMAL (within the MIP gap), INFEASIBLE (no set-points satisfy the model),
+    SOLVER_FAILED (time limit without an incumbent, numerical trouble)."""
+
+    OPTIMAL = 0
+    INFEASIBLE = 1
+    SOLVER_FAILED = 2
+
+
+@dataclass
+class MIPResult:
+    """Result of :func:`solve_mip`.
+
+    Attributes:
+        action: Set-points with integer capacitor steps (None unless OPTIMAL).
+        status: :class:`MIPStatus`.
+        objective: Optimal cost (``inf`` without a solution).
+        mode: ``(n_pv,)`` 1 = grid-following, 0 = grid-forming (None without a solution).
+        build_time_s: Time to build the Pyomo model (0 when it was cached).
+        solve_time_s: Time of the parameter update and HiGHS call.
+        info: Solver details.
+    """
+
+    action: Action | None
+    status: MIPStatus
+    objective: float
+    mode: np.ndarray | None
+    build_time_s: float
+    solve_time_s: float
+    info: dict = field(default_factory=dict)
+
+
+class SnapshotMIP:
+    """The snapshot MIP for one feeder (see module docstring); build once, solve per snapshot.
+
+    Args:
+        feeder: The network.
+        curtailment: Cost per MW of curtailed PV.
+        voltage: Cost per pu of ``sum |v - v_ref|`` over buses.
+        v_ref_pu: Reference voltage.
+        switch_weight: Multiplier of each bank's ``cap.switch_cost`` per step changed.
+        min_grid_forming: Inverters required in grid-forming mode.
+        eps_mw: Active power a grid-forming inverter may still inject (MW).
+        scr_min: Minimum short-circuit ratio at weak buses (None = off).
+        polygon_sides: Sides of the inner polygons replacing the disks.
+        time_limit_s: HiGHS time limit per snapshot.
+
+    Raises:
+        InputError: negative weights, too many grid-forming inverters, bad ``scr_min``.
+    """
+
+    def __init__(self, feeder: Feeder, curtailment: float = 1.5, voltage: float = 1.0, v_ref_pu: float = 1.0,
+                 switch_weight: float = 0.01, min_grid_forming: int = 0, eps_mw: float = 0.0,
+                 scr_min: float | None = None, polygon_sides: int = 16, time_limit_s: float | None = 10.0):
+        for name, v in (("curtailment", curtailment), ("voltage", voltage), ("switch_weight", switch_weight),
+                        ("eps_mw", eps_mw)):
+            if not (np.isfinite(v) and v >= 0):
+                raise InputError(f"expected a finite value >= 0, got {v}", name)
+        if not (isinstance(min_grid_forming, int) and 0 <= min_grid_forming <= feeder.n_pv):
+            raise InputError(f"expected an integer in 0..{feeder.n_pv}, got {min_grid_forming!r}", "min_grid_forming")
+        if scr_min is not None and not (np.isfinite(scr_min) and scr_min > 0):
+            raise InputError(f"expected a finite ratio > 0, got {scr_min}", "scr_min")
+        t0 = time.perf_counter()
+        self.feeder, self.time_limit_s = feeder, time_limit_s
+        self.mn = mn = model_network(feeder)
+        alg = pyomo_.PyomoAlgebra(polygon_sides=polygon_sides)
+        self.alg = alg
+        pyo = alg.pyo
+        n_pv, n_cap = mn.pv.size, mn.cap.size
+        prog = ProjectionProgram(alg, feeder, mn, "lindistflow", np.ones(feeder.n_pv), np.ones(feeder.n_ess), scr_min,
+                                 caps_relaxed=True)
+        self.prog = prog
+        m = alg.model
+        for i in range(n_cap):
+            m.cap[i].domain = pyo.Integers
+        # grid-forming / following (paper B): p <= delta s + (1 - delta) eps
+        s = feeder.pv.s_mva[mn.pv]
+        m.mode = pyo.Var(range(n_pv), domain=pyo.Binary)
+        m.mode_p = pyo.Constraint(range(n_pv), rule=lambda m, i: m.pv_p[i] <= m.mode[i] * float(s[i])
+                                  + (1 - m.mode[i]) * float(eps_mw))
+        if min_grid_forming:
+            m.mode_min = pyo.Constraint(expr=sum(1 - m.mode[i] for i in range(n_pv)) >= min_grid_forming)
+        # switching: sw >= |c - c_prev|
+        m.c_prev = pyo.Param(range(n_cap), initialize=0.0, mutable=True)
+        m.sw = pyo.Var(range(n_cap), domain=pyo.NonNegativeReals)
+        m.sw_up = pyo.Constraint(range(n_cap), rule=lambda m, i: m.sw[i] >= m.cap[i] - m.c_prev[i])
+        m.sw_dn = pyo.Constraint(range(n_cap), rule=lambda m, i: m.sw[i] >= m.c_prev[i] - m.cap[i])
+        # voltage deviation: dev >= |w - v_ref^2| / 2
+        k = mn.tree.n - 1
+        w = prog.net.w
+        m.dev = pyo.Var(range(k), domain=pyo.NonNegativeReals)
+        wref = float(v_ref_pu) ** 2
+        m.dev_up = pyo.Constraint(range(k), rule=lambda m, j: 2 * m.dev[j] >= w.items[j] - wref)
+        m.dev_dn = pyo.Constraint(range(k), rule=lambda m, j: 2 * m.dev[j] >= wref - w.items[j])
+        m.avail = pyo.Param(range(n_pv), initialize=0.0, mutable=True)
+        swc = switch_weight * feeder.cap.switch_cost[mn.cap]
+        obj = (curtailment * sum(m.avail[i] - m.pv_p[i] for i in range(n_pv))
+               + sum(float(swc[i]) * m.sw[i] for i in range(n_cap)) + voltage * sum(m.dev[j] for j in range(k)))
+        alg.problem(obj)
+        self.build_time_s = time.perf_counter() - t0
+        self._fresh = True
+
+    def solve(self, snapshot: Snapshot) -> MIPResult:
+        """Solve the MIP of one snapshot.
+
+        Returns:
+            :class:`MIPResult`; infeasibility and solver failures are statuses.
+
+        Raises:
+            InputError: the snapshot does not fit the feeder.
+        """
+        f, mn, alg = self.feeder, self.mn, self.alg
+        snap = snapshot.checked(f)
+        t0 = time.perf_counter()
+        tree = mn.tree
+        m = alg.model
+        b = device_bounds(f, mn, snap)
+        zp = np.zeros(mn.pv.size)
+        self.prog.set_snapshot(f, snap, b, zp, zp, np.zeros(mn.ess.size), np.zeros(tree.n - 1),
+                               tree.vm_min_pu[1:] ** 2, tree.vm_max_pu[1:] ** 2, np.minimum(tree.s_max_pu[1:], BIG))
+        prev = hold_cap_step(f, snap)[mn.cap]
+        alg.set("c_lo", np.zeros(mn.cap.size))
+        alg.set("c_hi", f.cap.n_steps[mn.cap].astype(float))
+        alg.set("rc", np.zeros(mn.cap.size))
+        avail = available_p_mw(f, snap)[mn.pv]
+        for i in range(mn.cap.size):
+            m.c_prev[i].set_value(float(prev[i]))
+        for i in range(mn.pv.size):
+            m.avail[i].set_value(float(avail[i]))
+        return self._finish(self._fixed_solve(), t0, snap)
+
+    def _fixed_solve(self):
+        return pyomo_.solve(self.alg.model, time_limit_s=self.time_limit_s)
+
+    def _finish(self, r, t0, snap) -> MIPResult:
+        f, mn = self.feeder, self.mn
+        build = self.build_time_s if self._fresh else 0.0
+        self._fresh = False
+        info = {"termination": r.info.get("termination"), "errors": r.info.get("errors", {})}
+        if r.status != SolveStatus.OPTIMAL:
+            st = MIPStatus.INFEASIBLE if r.status == SolveStatus.INFEASIBLE else MIPStatus.SOLVER_FAILED
+            return MIPResult(action=None, status=st, objective=float("inf"), mode=None, build_time_s=build,
+                             solve_time_s=time.perf_counter() - t0, info=info)
+        x = r.x
+        p, q, e = np.zeros(f.n_pv), np.zeros(f.n_pv), np.zeros(f.n_ess)
+        p[mn.pv], q[mn.pv] = np.maximum(x["pv_p"], 0.0), x["pv_q"]
+        if mn.ess.size:
+            e[mn.ess] = x["ess_p"]
+        cap = hold_cap_step(f, snap)
+        cap[mn.cap] = np.round(x["cap"]).astype(np.int64)
+        mode = np.ones(f.n_pv, dtype=np.int64)
+        mode[mn.pv] = np.round(x["mode"]).astype(np.int64)
+        return MIPResult(action=Action(pv_p_mw=p, pv_q_mvar=q, cap_step=cap, ess_p_mw=e), status=MIPStatus.OPTIMAL,
+                         objective=r.objective, mode=mode, build_time_s=build, solve_time_s=time.perf_counter() - t0,
+                         info=info)
+
+    def solve_fixed_caps(self, snapshot: Snapshot, cap_step) -> MIPResult:
+        """The same problem with the capacitor steps fixed (the continuous solve a brute-force
+        enumeration over steps evaluates).
+
+        Raises:
+            InputError: steps outside 0..n_steps.
+        """
+        f, mn, alg = self.feeder, self.mn, self.alg
+        c = np.asarray(cap_step, float)
+        if c.shape != (f.n_cap,) or np.any(c < 0) or np.any(c > f.cap.n_steps) or np.any(c != np.round(c)):
+            raise InputError(f"expected ({f.n_cap},) integers in 0..n_steps", "cap_step")
+        self.solve(snapshot)  # writes the snapshot's parameters
+        t0 = time.perf_counter()
+        alg.set("c_lo", c[mn.cap])
+        alg.set("c_hi", c[mn.cap])
+        out = self._finish(self._fixed_solve(), t0, snapshot.checked(f))
+        alg.set("c_lo", np.zeros(mn.cap.size))
+        alg.set("c_hi", f.cap.n_steps[mn.cap].astype(float))
+        return out
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def solve_mip(feeder: Feeder, snapshot: Snapshot, **options) -> MIPResult:
+    """Snapshot MIP (paper B's centralized baseline; see :class:`SnapshotMIP` for the model
+    and options). The model is built once per feeder and options and cached.
+
+    Raises:
+        InputError: bad options or snapshot. Not thread-safe (the cache shares the model).
+    """
+    key = tuple(sorted(options.items()))
+    per = _CACHE.setdefault(feeder, {})
+    if key not in per:
+        per[key] = SnapshotMIP(feeder, **options)
+    return per[key].solve(snapshot)
