@@ -4,5 +4,7 @@ PettingZoo APIs), and the safety wrappers."""
 from safedispatch.envs.dispatch import DispatchEnv, EnvConfig
 from safedispatch.envs.multi_agent import MultiAgentDispatchEnv
 from safedispatch.envs.safety import ParallelSafetyWrapper, SafetyWrapper
+from safedispatch.envs.vector import VectorDispatchEnv
 
-__all__ = ["DispatchEnv", "EnvConfig", "MultiAgentDispatchEnv", "ParallelSafetyWrapper", "SafetyWrapper"]
+__all__ = ["DispatchEnv", "EnvConfig", "MultiAgentDispatchEnv", "ParallelSafetyWrapper", "SafetyWrapper",
+           "VectorDispatchEnv"]

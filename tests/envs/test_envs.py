@@ -210,3 +210,57 @@ def test_metrics_against_direct_computation():
         dispatch_metrics(f, vm[:, :5], loss)
     with pytest.raises(sd.InputError):
         dispatch_metrics(f, vm, loss[:-1])
+
+
+@pytest.mark.parametrize("cfg", [EnvConfig(case="ieee33-paperB-4"),
+                                 EnvConfig(case="ieee33-paperC", control="q", reward="paperC"),
+                                 EnvConfig(case="ieee33-zones")], ids=lambda c: c.case)
+def test_vector_env_matches_single_envs_step_by_step(cfg):
+    from safedispatch.envs.vector import VectorDispatchEnv
+
+    B = 3
+    venv = VectorDispatchEnv(cfg, num_envs=B)
+    singles = [DispatchEnv(cfg) for _ in range(B)]
+    obs, _ = venv.reset(seed=10)
+    ref = np.stack([s.reset(seed=10 + i)[0] for i, s in enumerate(singles)])
+    np.testing.assert_allclose(obs.numpy(), ref, rtol=1e-6, atol=1e-6)  # single env observations are float32
+    rng = np.random.default_rng(0)
+    for _ in range(96):
+        a = rng.uniform(-1, 1, (B, venv.single_action_space.shape[0])).astype(np.float32)
+        obs, r, term, trunc, info = venv.step(a)
+        for i, s in enumerate(singles):
+            o1, r1, t1, tr1, i1 = s.step(a[i])
+            np.testing.assert_allclose(obs[i].numpy(), o1, rtol=1e-6, atol=1e-6)
+            assert r[i].item() == pytest.approx(r1, rel=1e-9, abs=1e-9)
+            np.testing.assert_allclose(info["vm_pu"][i].numpy(), i1["vm_pu"], atol=1e-9)
+            assert info["cost"][i].item() == pytest.approx(i1["cost"], abs=1e-9)
+            assert bool(trunc[i]) == tr1 and not bool(term[i])
+    assert bool(trunc.all())
+    with pytest.raises(sd.InputError):
+        venv.step(a)
+
+
+def test_vector_env_with_torch_safety_layer_matches_wrapped_single_envs():
+    from safedispatch.envs.vector import VectorDispatchEnv
+
+    cfg = EnvConfig(case="ieee33-paperB-4")
+    B = 3
+    venv = VectorDispatchEnv(cfg, num_envs=B, safety=True)
+    singles = [SafetyWrapper(DispatchEnv(cfg), certify_ac=False) for _ in range(B)]
+    venv.reset(seed=3)
+    for i, s in enumerate(singles):
+        s.reset(seed=3 + i)
+    rng = np.random.default_rng(1)
+    statuses = set()
+    for _ in range(40):
+        a = rng.uniform(-1, 1, (B, 8)).astype(np.float32)
+        _, r, _, _, info = venv.step(a)
+        for i, s in enumerate(singles):
+            _, r1, _, _, i1 = s.step(a[i])
+            statuses.add(i1["projection_status"])
+            assert int(info["projection_status"][i]) == i1["projection_status"]
+            np.testing.assert_allclose(info["safe_action"][i].numpy(), i1["safe_action"], atol=1e-5)
+            assert r[i].item() == pytest.approx(r1, rel=1e-5, abs=1e-5)
+    assert sd.ProjectionStatus.PROJECTED in statuses
+    with pytest.raises(sd.InputError):
+        VectorDispatchEnv(EnvConfig(case="ieee33-paperC", control="q", reward="paperC"), num_envs=2, safety=True)
