@@ -58,7 +58,7 @@ import math
 from enum import IntEnum
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from safedispatch.errors import InputError
 
@@ -640,6 +640,35 @@ def _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv, S
         gtd += rhs[e] * dz[e]
         dn2 += dz[e] * dz[e]
     return True, gtd, delta * dn2
+
+
+@njit(cache=True)
+def _alloc_work(n, n_pv, n_sc, nrow, msp, cap, soc_of_row):  # pragma: no cover - compiled
+    """The work arrays of :func:`_solve_core`, in its argument order (one set per thread)."""
+    i8 = np.int64
+    npv_ = max(n_pv, 1)
+    nr = max(nrow, 1)
+    return (
+        np.empty(n), np.empty(n), np.empty(n), np.empty(nr), np.empty(max(msp, 1)),      # r w winv b Sp
+        np.empty(npv_), np.empty(npv_), np.empty(npv_), np.empty(npv_), np.empty(npv_),  # plo phi qlo qhi s
+        np.zeros(npv_, dtype=np.bool_), np.empty(npv_), np.empty(npv_),                  # haspf th ih
+        np.empty(n), np.empty(n), np.empty(n), np.empty(nr), np.empty(nr),               # v x xt g gt
+        np.zeros(n_pv + n_sc + 1, dtype=i8), np.zeros(npv_), np.zeros(npv_), np.zeros(npv_),  # jkind jtp jtq jk
+        np.zeros(n_pv + n_sc + 1, dtype=i8), np.zeros(npv_), np.zeros(npv_), np.zeros(npv_),  # trial copies
+        np.zeros((npv_, 32, 2)), np.full(npv_, -1, dtype=i8),                           # verts nvert
+        np.zeros(nr),                                                                   # zt
+        np.zeros(cap, dtype=i8), np.zeros(cap, dtype=i8),                               # fent_row fent_kind
+        np.zeros(cap), np.zeros(cap),                                                   # fent_u0 u1
+        np.zeros((cap, n)), np.zeros((cap, cap)), np.zeros((cap, cap)),                 # Bt K Kf
+        np.zeros(cap), np.zeros(cap),                                                   # rhs dz
+        np.zeros(nr, dtype=i8), np.zeros(nr),                                           # cand cand_v
+        np.zeros(n, dtype=i8), np.zeros(n), np.full(n, -1, dtype=i8),                   # ecol_of ecoef stamp
+        np.zeros((cap, n), dtype=i8), np.zeros(cap, dtype=i8), np.zeros(n),             # elist ecnt acc_v
+        soc_of_row, np.zeros(n), np.zeros((_ADD_MAX, n)),                               # soc_of_row dirv picked
+        np.zeros((_ADD_MAX, n), dtype=i8), np.zeros(_ADD_MAX, dtype=i8), np.zeros(n, dtype=i8),  # pcols pcnt clist
+        np.zeros(nr, dtype=i8), np.zeros(nr, dtype=np.bool_),                           # memb is_memb
+        np.zeros(n), np.zeros(nr),                                                      # xref gref
+    )
 
 
 @njit(cache=True, inline="always")
@@ -1347,6 +1376,47 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
     return status
 
 
+@njit(cache=True, parallel=True)
+def _solve_batch(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av, L2,
+                 RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol, max_iter, add_max, reg,
+                 nrow, msp, cap, soc_of_row, n_chunks, X, LAM_LIN, LAM_SOC, CODE, ITERS):  # pragma: no cover
+    """:func:`_solve_core` over a batch (rows of the capitalized arrays), the batch split into
+    ``n_chunks`` contiguous chunks solved in parallel; each chunk owns its work arrays and
+    warm-starts each solve from the previous one's duals (kept only when they are the better
+    start, see ``_solve_core``)."""
+    B = RP.shape[0]
+    n = 2 * n_pv + n_sc
+    m = gp.shape[0] - 1
+    ms = (ap.shape[0] - 1) // 2
+    for ch in prange(n_chunks):
+        lo = ch * B // n_chunks
+        hi = (ch + 1) * B // n_chunks
+        work = _alloc_work(n, n_pv, n_sc, nrow, msp, cap, soc_of_row)
+        z = np.zeros(nrow)
+        x = np.empty(n)
+        lam_lin = np.empty(m)
+        lam_soc = np.empty(ms)
+        act_lin = np.empty(m, dtype=np.bool_)
+        act_soc = np.empty(ms, dtype=np.bool_)
+        kkt = np.empty(8)
+        info = np.empty(8)
+        warm = False
+        for b in range(lo, hi):
+            code = _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap,
+                               ai, av, L2, RP[b], RQ[b], RE[b], wp, we, PLO[b], PHI[b], QLO[b], QHI[b], s, t, ELO[b],
+                               EHI[b], H[b], C[b], S, z, warm, tol, max_iter, add_max, reg, *work, x, lam_lin,
+                               lam_soc, act_lin, act_soc, kkt, info)
+            warm = code == 0
+            CODE[b] = code
+            ITERS[b] = int(info[0])
+            for i in range(n):
+                X[b, i] = x[i]
+            for i in range(m):
+                LAM_LIN[b, i] = lam_lin[i]
+            for j in range(ms):
+                LAM_SOC[b, j] = lam_soc[j]
+
+
 # =============================================================================================
 # Python API
 # =============================================================================================
@@ -1519,30 +1589,8 @@ class StructuredQP:
             self._soc_of_row[mp:] = np.repeat(np.arange(msp), 2)
 
         # work arrays (owned by the instance: not thread-safe)
-        cap = max(2, min(nrow, max(64, 2 * n + 16)))
-        i8 = np.int64
-        npv_ = max(n_pv, 1)
-        self._work = (
-            np.empty(n), np.empty(n), np.empty(n), np.empty(max(nrow, 1)), np.empty(max(msp, 1)),  # r w winv b Sp
-            np.empty(npv_), np.empty(npv_), np.empty(npv_), np.empty(npv_), np.empty(npv_),      # plo phi qlo qhi s
-            np.zeros(npv_, dtype=np.bool_), np.empty(npv_), np.empty(npv_),                      # haspf th ih
-            np.empty(n), np.empty(n), np.empty(n), np.empty(max(nrow, 1)), np.empty(max(nrow, 1)),  # v x xt g gt
-            np.zeros(n_pv + n_sc + 1, dtype=i8), np.zeros(npv_), np.zeros(npv_), np.zeros(npv_),  # jkind jtp jtq jk
-            np.zeros(n_pv + n_sc + 1, dtype=i8), np.zeros(npv_), np.zeros(npv_), np.zeros(npv_),  # trial copies
-            np.zeros((npv_, 32, 2)), np.full(npv_, -1, dtype=i8),                               # verts nvert
-            np.zeros(max(nrow, 1)),                                                             # zt
-            np.zeros(cap, dtype=i8), np.zeros(cap, dtype=i8),                                   # fent_row fent_kind
-            np.zeros(cap), np.zeros(cap),                                                       # fent_u0 u1
-            np.zeros((cap, n)), np.zeros((cap, cap)), np.zeros((cap, cap)),                     # Bt K Kf
-            np.zeros(cap), np.zeros(cap),                                                       # rhs dz
-            np.zeros(max(nrow, 1), dtype=i8), np.zeros(max(nrow, 1)),                           # cand cand_v
-            np.zeros(n, dtype=i8), np.zeros(n), np.full(n, -1, dtype=i8),                        # ecol_of ecoef stamp
-            np.zeros((cap, n), dtype=i8), np.zeros(cap, dtype=i8), np.zeros(n),                 # elist ecnt acc_v
-            self._soc_of_row, np.zeros(n), np.zeros((_ADD_MAX, n)),                            # dirv picked
-            np.zeros((_ADD_MAX, n), dtype=i8), np.zeros(_ADD_MAX, dtype=i8), np.zeros(n, dtype=i8),  # pcols pcnt clist
-            np.zeros(max(nrow, 1), dtype=i8), np.zeros(max(nrow, 1), dtype=np.bool_),             # memb is_memb
-            np.zeros(n), np.zeros(max(nrow, 1)),                                                # xref gref
-        )
+        self._cap = max(2, min(nrow, max(64, 2 * n + 16)))
+        self._work = _alloc_work(n, n_pv, n_sc, nrow, msp, self._cap, self._soc_of_row)
         self._zero_z = np.zeros(nrow)
         # for solve_unchecked: the static arguments and output buffers, packed once
         self._static = (n_pv, n_sc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map,
@@ -1674,6 +1722,46 @@ class StructuredQP:
         code = _solve_core(*self._static, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
                            z, use_warm, tol, max_iter, self.add_max, self.reg, *self._work, *out)
         return code, out[0], int(out[6][0])
+
+    def solve_batch(self, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S, *,
+                    tol: float = 1e-9, max_iter: int = 200, n_chunks: int | None = None):
+        """Solve a batch of instances in parallel (numba threads), each exactly as :meth:`solve`.
+
+        Per-instance arrays get a leading batch axis ``B`` (``rp``: ``(B, n_pv)``, ``h``:
+        ``(B, m)``, ``c``: ``(B, m_soc, 2)``, ...); ``wp``, ``we``, ``s``, ``t`` and ``S`` are
+        shared. No Python-side checks beyond shapes: invalid values come back as code -1.
+
+        Returns:
+            ``(x, code, iterations, lam_lin, lam_soc)``: ``(B, n)`` solutions, ``(B,)`` codes
+            (:class:`QPStatus` values, -1 invalid input), ``(B,)`` iterations, ``(B, m)`` and
+            ``(B, m_soc)`` multipliers in the caller's rows.
+        """
+        import numba
+
+        f8 = np.float64
+        B = np.shape(rp)[0]
+        arr = [np.ascontiguousarray(a, dtype=f8) for a in (rp, rq, re, p_lo, p_hi, q_lo, q_hi, e_lo, e_hi, h, c)]
+        RP, RQ, RE, PLO, PHI, QLO, QHI, ELO, EHI, H, C = arr
+        shapes = {"rp": (RP, (B, self.n_pv)), "rq": (RQ, (B, self.n_pv)), "re": (RE, (B, self.n_sc)),
+                  "p_lo": (PLO, (B, self.n_pv)), "p_hi": (PHI, (B, self.n_pv)), "q_lo": (QLO, (B, self.n_pv)),
+                  "q_hi": (QHI, (B, self.n_pv)), "e_lo": (ELO, (B, self.n_sc)), "e_hi": (EHI, (B, self.n_sc)),
+                  "h": (H, (B, self.m)), "c": (C, (B, self.m_soc, 2))}
+        for name, (a, shp) in shapes.items():
+            if a.shape != shp:
+                raise InputError(f"expected shape {shp}, got {a.shape}", name)
+        wp, we, s, t, S = (_as_vec(a, nm, k) for a, nm, k in ((wp, "wp", self.n_pv), (we, "we", self.n_sc),
+                                                            (s, "s", self.n_pv), (t, "t", self.n_pv),
+                                                            (S, "S", self.m_soc)))
+        X = np.empty((B, self.n))
+        LL, LS = np.zeros((B, self.m)), np.zeros((B, self.m_soc))
+        code = np.full(B, -1, dtype=np.int64)
+        iters = np.zeros(B, dtype=np.int64)
+        if B:
+            k = n_chunks or min(B, 4 * numba.get_num_threads())
+            _solve_batch(*self._static, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, float(tol),
+                         int(max_iter), self.add_max, self.reg, self._nrow, self._soc_map.size, self._cap,
+                         self._soc_of_row, int(k), X, LL, LS, code, iters)
+        return X, code, iters, LL, LS
 
     def _message(self, code: int, info: np.ndarray) -> str:
         why, which = int(info[1]), int(info[2])

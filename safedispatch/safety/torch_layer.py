@@ -12,10 +12,13 @@ The network model is not re-derived here: the layer builds a CPU :class:`SafetyL
 same feeder and reads its LinDistFlow maps and structured-QP rows; that layer is also the exact
 fallback and the reference of :meth:`TorchSafetyLayer.compare`.
 
-Solve: :class:`~safedispatch.backends.torch_qp.TorchQP` (batched dual semismooth Newton with a
-KKT check, float64). A sample is returned by the torch solver only when its KKT check passed;
-samples it cannot certify are solved one by one on the CPU (:class:`StructuredQP`, then the full
-CPU layer for infeasible ones). Gradients: implicit differentiation of the optimality
+Solve (``backend=``): on CPU tensors by default the CPU structured QP over the batch, split
+over numba threads (:meth:`~safedispatch.backends.structured_qp.StructuredQP.solve_batch`,
+exact, KKT-checked); on other devices (or with ``backend="torch"``)
+:class:`~safedispatch.backends.torch_qp.TorchQP` (batched dual semismooth Newton with a KKT
+check, float64), whose samples are returned only when their KKT check passed, the others solved
+one by one on the CPU (:class:`StructuredQP`). Infeasible samples get the full CPU layer's
+least-violating point. Gradients: implicit differentiation of the optimality
 conditions (custom ``torch.autograd.Function``), w.r.t. the raw action, the loads, the PV
 availability and the previous set-points.
 """
@@ -38,6 +41,9 @@ from safedispatch.safety import kernels
 from safedispatch.safety.layer import DEV_TOL, FEAS_TOL, ProjectionStatus, SafetyLayer
 
 __all__ = ["TorchSafetyLayer", "Comparison"]
+
+#: solvers of the batch: "auto" = "numba" for CPU tensors, "torch" on other devices
+BACKENDS = ("auto", "torch", "numba")
 
 
 @dataclass
@@ -66,6 +72,24 @@ class Comparison:
     cpu_time_s: float
 
 
+def _onto_devices(x, plo, phi, qlo, qhi, s, t):
+    """A solver's answer (feasible to its tolerance) moved exactly onto the device limits:
+    boxes, then the disk, then the power-factor cone (the arithmetic of
+    :func:`safedispatch.safety.kernels.onto_devices`, batched)."""
+    N = s.shape[0]
+    p = torch.minimum(torch.maximum(x[:, :N], plo), phi)
+    q = torch.minimum(torch.maximum(x[:, N:], qlo), qhi)
+    mag = torch.sqrt(p * p + q * q)
+    f = torch.where(mag > s, s / torch.where(mag > 0, mag, torch.ones_like(mag)), torch.ones_like(mag))
+    p = torch.where(mag > s, torch.minimum(torch.maximum(p * f, plo), phi), p)
+    q = q * f
+    tt = t.to(p.dtype)
+    fin = torch.isfinite(tt)
+    tp = torch.where(fin, tt, torch.zeros_like(tt)) * p
+    q = torch.where(fin, torch.minimum(torch.maximum(q, -tp), tp), q)
+    return torch.cat([p, q], dim=1)
+
+
 class TorchSafetyLayer(nn.Module):
     """Batched, differentiable projection of inverter set-points onto the LinDistFlow safe set.
 
@@ -84,6 +108,11 @@ class TorchSafetyLayer(nn.Module):
         fallback: Hand samples the torch solver cannot certify to the CPU solvers (exact). With
             False they are returned as the last iterate with status SOLVER_FAILED.
         chunk: Samples the torch solver iterates together.
+        backend: ``"torch"``: the batched torch solver (any device); ``"numba"``: the CPU
+            structured QP (:meth:`~safedispatch.backends.structured_qp.StructuredQP.solve_batch`,
+            the batch split over numba threads; CPU tensors only); ``"auto"``: numba for CPU
+            tensors, torch elsewhere. Both are exact and verified (KKT check) and give the same
+            answers; on CPU the numba solver is much faster (see ``benchmarks/torch_layer.py``).
 
     Attributes:
         last_status: ``(B,)`` int64 CPU tensor of :class:`ProjectionStatus` values of the last
@@ -97,7 +126,7 @@ class TorchSafetyLayer(nn.Module):
     def __init__(self, feeder: Feeder, model: str = "lindistflow", weights_pv=None, scr_min: float | None = None,
                  pv_error_sd_mw=None, confidence: float = 0.95, cap_step=None, v_root_pu: float = 1.0,
                  dt_h: float = 0.25, tol: float = 1e-9, max_iter: int = 50, fallback: bool = True,
-                 chunk: int = 8192):
+                 chunk: int = 8192, backend: str = "auto"):
         super().__init__()
         if model != "lindistflow":
             raise InputError(f"expected 'lindistflow' (the only model with a batched torch solver), got {model!r}",
@@ -111,6 +140,9 @@ class TorchSafetyLayer(nn.Module):
             raise InputError(f"expected an integer >= 1, got {max_iter!r}", "max_iter")
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise InputError(f"expected an integer >= 1, got {chunk!r}", "chunk")
+        if backend not in BACKENDS:
+            raise InputError(f"expected one of {BACKENDS}, got {backend!r}", "backend")
+        self.backend = backend
         self.feeder = feeder
         self.n_pv = feeder.n_pv
         self.v_root_pu, self.dt_h = float(v_root_pu), float(dt_h)
@@ -326,7 +358,12 @@ class TorchSafetyLayer(nn.Module):
                  torch.zeros(B, 1, dtype=torch.long, device=dev), torch.zeros(B, 1, 2, dtype=r.dtype, device=dev)]
         grad_ok = unchanged.clone()
         extra = []  # CPU-solved samples with their own (wider) working sets
-        if todo.numel():
+        use_numba = self.backend == "numba" or (self.backend == "auto" and dev.type == "cpu")
+        if use_numba and dev.type != "cpu":
+            raise InputError(f"the numba backend needs CPU tensors, got {dev}", "backend")
+        if todo.numel() and use_numba:
+            self._solve_numba(st, r, (plo, phi, qlo, qhi), h, c, x, status, todo, grad_ok, slots, info, row)
+        elif todo.numel():
             sol = qp.solve(r[todo], plo[todo], phi[todo], qlo[todo], qhi[todo], h[todo], c[todo], tol=self.tol,
                            max_iter=self.max_iter, chunk=self.chunk)
             x[todo] = sol.x
@@ -344,6 +381,58 @@ class TorchSafetyLayer(nn.Module):
             if bad_ids.size:
                 self._fallback(st, r, bnd, h, c, x, status, bad_ids, bad_st, grad_ok, extra, row)
         return x, status, {"grad_ok": grad_ok, "slots": slots, "extra": extra, "info": info}
+
+    def _solve_numba(self, st, r, bnd, h, c, x, status, todo, grad_ok, slots, info, row):
+        """The samples ``todo`` by the CPU structured QP in one parallel batch; fills ``x``,
+        ``status``, ``grad_ok`` and the gradient working sets ``slots`` in place."""
+        N = self.n_pv
+        qp: TorchQP = st["qp"]
+        cq = self._mod.fast
+        nd = lambda t: t.detach().numpy()  # noqa: E731
+        R = nd(r[todo])
+        k = R.shape[0]
+        plo, phi, qlo, qhi = (b[todo] for b in bnd)
+        e0 = np.zeros((k, 0))
+        X, code, iters, LL, LS = cq.solve_batch(R[:, :N], R[:, N:], e0, self._w, np.zeros(0), nd(plo), nd(phi),
+                                                nd(qlo), nd(qhi), self._s, self._t, e0, e0, nd(h[todo]),
+                                                nd(c[todo]), self._S, tol=self.tol)
+        xt = _onto_devices(torch.from_numpy(X), plo, phi, qlo, qhi, st["s"], torch.as_tensor(self._t))
+        opt = torch.from_numpy(code == 0)
+        ok_ids = todo[opt]
+        x[ok_ids] = xt[opt]
+        status[ok_ids] = int(ProjectionStatus.PROJECTED)
+        grad_ok[ok_ids] = True
+        # working sets of the optimal samples in the torch solver's scaled rows, padded with
+        # zero multipliers (inactive), for the implicit gradient
+        lam_l = torch.from_numpy(LL[:, qp.lin_map])[opt] * qp.gn
+        lam_s = torch.from_numpy(LS[:, qp.soc_map])[opt]
+        B = r.shape[0]
+        kL = max(int((lam_l > 0).sum(1).max()) if lam_l.numel() else 0, 1)
+        kS = max(int((lam_s > 0).sum(1).max()) if lam_s.numel() else 0, 1)
+        vL, iL = torch.sort((lam_l > 0).to(torch.int8), dim=1, descending=True, stable=True)
+        vS, iS = torch.sort((lam_s > 0).to(torch.int8), dim=1, descending=True, stable=True)
+        iL, iS = iL[:, :kL], iS[:, :kS]
+        lam = lam_l.gather(1, iL) * vL[:, :kL]
+        ls = lam_s.gather(1, iS) * vS[:, :kS]
+        xo = xt[opt]
+        co = c[ok_ids][:, torch.as_tensor(qp.soc_map)][torch.arange(xo.shape[0]).unsqueeze(1), iS]  # (b, kS, 2)
+        u = torch.einsum("bkcn,bn->bkc", qp.An[iS], xo) + co / qp.an[iS].unsqueeze(-1)
+        y = (ls * qp.an[iS]).unsqueeze(-1) * u / u.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        for j, v in enumerate((iL, lam, iS, y)):
+            slots[j] = torch.zeros((B,) + tuple(v.shape[1:]), dtype=v.dtype)
+            slots[j][ok_ids] = v
+        info["torch_optimal"] = 0
+        info["numba_optimal"] = int(opt.sum())
+        info["iterations_max"] = int(iters.max()) if iters.size else 0
+        bad = todo[~opt].numpy()
+        info["fallback"] = int(bad.size)
+        for i in bad:  # infeasible (or not certified): the CPU layer decides, least-violating point
+            if not self.fallback:
+                status[i] = int(ProjectionStatus.SOLVER_FAILED)
+                continue
+            out = self._cpu_project(nd(r[i]), row(int(i)))
+            x[i] = torch.as_tensor(out.action.to_vector()[:2 * N], dtype=x.dtype)
+            status[i] = int(out.status)
 
     def _fallback(self, st, r, bnd, h, c, x, status, ids, why, grad_ok, extra, row):
         """Samples the torch solver did not certify: the CPU structured QP on the same numbers,

@@ -465,6 +465,34 @@ def test_unrelated_warm_start_costs_no_more_than_cold(feeders):
     assert it_warm <= 1.1 * it_cold, (it_warm, it_cold)
 
 
+@pytest.mark.parametrize("case,n_sc", [("ieee33-paperB-4", 0), ("ieee33-paperB", 2)])
+def test_solve_batch_equals_solve(feeders, case, n_sc):
+    """The parallel batch gives each instance solve()'s status and answer (to the warm start's
+    rounding), including infeasible instances inside the batch."""
+    fi, qp = feeders(case, n_sc)
+    rng = np.random.default_rng(7)
+    inst = [fi.instance(rng, mode=("over", "wild", "mixed")[k % 3]) for k in range(40)]
+    inst += [fi.instance(rng, load_scale=6.0) for _ in range(3)]  # heavy load: infeasible
+    d0 = inst[0]
+    keys = ("rp", "rq", "re", "p_lo", "p_hi", "q_lo", "q_hi", "e_lo", "e_hi", "h", "c")
+    st = {k: np.stack([d[k] for d in inst]) for k in keys}
+    X, code, iters, LL, LS = qp.solve_batch(st["rp"], st["rq"], st["re"], d0["wp"], d0["we"], st["p_lo"], st["p_hi"],
+                                            st["q_lo"], st["q_hi"], d0["s"], d0["t"], st["e_lo"], st["e_hi"],
+                                            st["h"], st["c"], d0["S"], n_chunks=3)
+    seen = set()
+    for b, d in enumerate(inst):
+        ref = qp.solve(**{**d, "wp": d0["wp"], "we": d0["we"], "t": d0["t"]})
+        assert code[b] == int(ref.status)
+        seen.add(int(ref.status))
+        if ref.status == QPStatus.OPTIMAL:
+            assert np.max(np.abs(X[b] - ref.x)) <= 1e-7
+            np.testing.assert_allclose(LL[b], ref.lam_lin, atol=1e-6 * max(1.0, np.abs(ref.lam_lin).max()))
+    assert {int(QPStatus.OPTIMAL), int(QPStatus.INFEASIBLE)} <= seen
+    with pytest.raises(InputError):
+        qp.solve_batch(st["rp"][:, :1], st["rq"], st["re"], d0["wp"], d0["we"], st["p_lo"], st["p_hi"], st["q_lo"],
+                       st["q_hi"], d0["s"], d0["t"], st["e_lo"], st["e_hi"], st["h"], st["c"], d0["S"])
+
+
 def test_solve_unchecked_equals_solve(feeders):
     """The hot-path entry returns solve()'s answer, carries the duals in the caller's z, and
     reports invalid values as -1 instead of raising."""

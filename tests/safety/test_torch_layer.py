@@ -26,9 +26,10 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def layers():
-    return {c: sd.TorchSafetyLayer(sd.load_case(c), dt_h=5 / 60) for c in CASES}
+@pytest.fixture(scope="module", params=["numba", "torch"])
+def layers(request):
+    """Both batch solvers: the CPU structured QP over numba threads and the torch solver."""
+    return {c: sd.TorchSafetyLayer(sd.load_case(c), dt_h=5 / 60, backend=request.param) for c in CASES}
 
 
 def batch(f, rng, B, ramp_every=2, dtype=torch.float64):
@@ -74,7 +75,7 @@ def test_torch_solver_alone_is_exact(case):
     """Without the CPU fallback, every sample the torch solver certifies matches the CPU layer:
     the agreement above is not the fallback's."""
     f = sd.load_case(case)
-    tl = sd.TorchSafetyLayer(f, fallback=False)
+    tl = sd.TorchSafetyLayer(f, fallback=False, backend="torch")
     raw, lp, lq, av, _ = batch(f, np.random.default_rng(11), 48, ramp_every=0)
     c = tl.compare(raw, lp, lq, av)
     done = c.status_torch == PS.PROJECTED
@@ -83,9 +84,10 @@ def test_torch_solver_alone_is_exact(case):
     assert set(np.unique(c.status_torch)) <= {PS.UNCHANGED, PS.PROJECTED, PS.SOLVER_FAILED, PS.INFEASIBLE}
 
 
-def test_large_feeder_agrees():
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_large_feeder_agrees(backend):
     f = sd.load_case("ieee33x30")
-    tl = sd.TorchSafetyLayer(f)
+    tl = sd.TorchSafetyLayer(f, backend=backend)
     rng = np.random.default_rng(5)
     B = 12
     snap = sd.Snapshot.nominal(f, load=1.0)
@@ -168,9 +170,10 @@ def test_infeasible_and_degenerate_samples_in_a_batch(layers):
     assert r.grad[0].abs().max() == 0.0
 
 
-def test_gradcheck_at_stable_points():
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_gradcheck_at_stable_points(backend):
     f = sd.load_case("ieee33-paperB-4")
-    tl = sd.TorchSafetyLayer(f)
+    tl = sd.TorchSafetyLayer(f, backend=backend)
     raw, lp, lq, av, _ = batch(f, np.random.default_rng(2), 2, ramp_every=0)
     _, st = tl(raw, lp, lq, av, return_status=True)
     assert (st == PS.PROJECTED).all()
@@ -182,9 +185,10 @@ def test_gradcheck_at_stable_points():
                                     fast_mode=True)
 
 
-def test_gradcheck_with_ramp_limits():
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_gradcheck_with_ramp_limits(backend):
     f = sd.load_case("ieee33-paperB")
-    tl = sd.TorchSafetyLayer(f, dt_h=5 / 60)
+    tl = sd.TorchSafetyLayer(f, dt_h=5 / 60, backend=backend)
     raw, lp, lq, av, rows = batch(f, np.random.default_rng(9), 1, ramp_every=1)
     prev = with_prev(rows)
     inputs = tuple(t.clone().requires_grad_(True) for t in (raw, av, prev))
@@ -192,7 +196,8 @@ def test_gradcheck_with_ramp_limits():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 copy keyword, inside cvxpylayers
-def test_gradient_matches_cvxpylayers():
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_gradient_matches_cvxpylayers(backend):
     """The same projection written independently in CVXPY (dense affine LinDistFlow from the
     feeder tables) and differentiated by cvxpylayers (diffcp)."""
     cp = pytest.importorskip("cvxpy")
@@ -217,7 +222,7 @@ def test_gradient_matches_cvxpylayers():
             cp.norm(cp.vstack([P, Q]), axis=0) <= smax]
     prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(p - rp) + 0.5 * cp.sum_squares(q - rq)), cons)
     layer = cvl.CvxpyLayer(prob, parameters=[rp, rq, lp_, av_], variables=[p, q])
-    tl = sd.TorchSafetyLayer(f)
+    tl = sd.TorchSafetyLayer(f, backend=backend)
     rng = np.random.default_rng(13)
     B = 4
     snap = sd.Snapshot.nominal(f, load=0.9)
@@ -264,16 +269,21 @@ def test_bad_prev_and_options_raise(layers):
     with pytest.raises(sd.InputError) as ei:
         sd.TorchSafetyLayer(tl.feeder, model="socp")
     assert ei.value.field == "model"
+    with pytest.raises(sd.InputError) as ei:
+        sd.TorchSafetyLayer(tl.feeder, backend="jax")
+    assert ei.value.field == "backend"
 
 
 @pytest.mark.gpu
-def test_cuda_matches_cpu(layers):
+def test_cuda_matches_cpu():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    tl = layers["ieee33-paperB"]
+    tl = sd.TorchSafetyLayer(sd.load_case("ieee33-paperB"))  # "auto": numba on CPU, torch on CUDA
     raw, lp, lq, av, _ = batch(tl.feeder, np.random.default_rng(6), 32, ramp_every=0)
     safe_cpu = tl(raw, lp, lq, av)
     dev = torch.device("cuda")
     safe_gpu = tl(raw.to(dev), lp.to(dev), lq.to(dev), av.to(dev))
     assert safe_gpu.device.type == "cuda"
     assert (safe_gpu.cpu() - safe_cpu).abs().max() <= 1e-8
+    with pytest.raises(sd.InputError, match="numba"):
+        sd.TorchSafetyLayer(tl.feeder, backend="numba")(raw.to(dev), lp.to(dev), lq.to(dev), av.to(dev))
