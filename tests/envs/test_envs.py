@@ -157,7 +157,7 @@ def test_safety_wrapper_random_policy_has_no_ac_violation(case, cfg_kw, days):
             n += 1
             infeasible += info["projection_status"] == sd.ProjectionStatus.INFEASIBLE
             projected += info["projection_status"] == sd.ProjectionStatus.PROJECTED
-            if info["projection_status"] != sd.ProjectionStatus.INFEASIBLE and info["cost"] > 1e-6:
+            if info["projection_status"] != sd.ProjectionStatus.INFEASIBLE and info["cost"] > 1e-9:
                 bad += 1
             if trunc:
                 break
