@@ -5,12 +5,23 @@ Every baseline is a :class:`Controller` (``act(snapshot) -> Action``) so evaluat
 shared with trained policies.
 """
 
+from safedispatch.baselines.admm import (
+           ADMMResult,
+           ADMMStatus,
+           SerialExecutor,
+           ThreadExecutor,
+           ZonalADMM,
+           ZoneExecutor,
+           solve_admm,
+           subtree_zones,
+)
 from safedispatch.baselines.controller import Controller, NoControl
 from safedispatch.baselines.droop import CATEGORY_B_DEFAULT, VoltVarCurve, VoltVarDroop
 from safedispatch.baselines.mip import MIPResult, MIPStatus, SnapshotMIP, solve_mip
 from safedispatch.baselines.opf import OPFController, OPFResult, OPFStatus, SnapshotOPF, solve_opf
 from safedispatch.problems.opf import PAPER_B_WEIGHTS, OPFWeights
 
-__all__ = ["CATEGORY_B_DEFAULT", "PAPER_B_WEIGHTS", "Controller", "MIPResult", "MIPStatus", "NoControl",
-           "OPFController", "OPFResult", "OPFStatus", "OPFWeights", "SnapshotMIP", "SnapshotOPF", "VoltVarCurve",
-           "VoltVarDroop", "solve_mip", "solve_opf"]
+__all__ = ["CATEGORY_B_DEFAULT", "PAPER_B_WEIGHTS", "ADMMResult", "ADMMStatus", "Controller", "MIPResult", "MIPStatus",
+           "NoControl", "OPFController", "OPFResult", "OPFStatus", "OPFWeights", "SerialExecutor", "SnapshotMIP",
+           "SnapshotOPF", "ThreadExecutor", "VoltVarCurve", "VoltVarDroop", "ZonalADMM", "ZoneExecutor", "solve_admm",
+           "solve_mip", "solve_opf", "subtree_zones"]

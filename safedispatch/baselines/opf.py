@@ -41,7 +41,7 @@ from safedispatch.errors import InputError
 from safedispatch.network.feeder import Feeder
 from safedispatch.powerflow import run_powerflow
 from safedispatch.problems.opf import OPFProgram, resolve_weights
-from safedispatch.problems.projection import BIG, FORMULATIONS, device_bounds
+from safedispatch.problems.projection import FORMULATIONS
 from safedispatch.problems.types import Action, Snapshot, net_injection
 from safedispatch.problems.zones import model_network
 
@@ -145,19 +145,7 @@ class SnapshotOPF:
 
     # ------------------------------------------------------------------------------------
     def _set(self, snap: Snapshot, cap) -> None:
-        f, mn, prog = self.feeder, self.mn, self.prog
-        tree = mn.tree
-        b = device_bounds(f, mn, snap)
-        qs = f.cap.q_step_mvar[mn.cap] * np.asarray(cap, float)[mn.cap]
-        cap_node_q = mn.incidence(mn.cap_node) @ qs / mn.sn_mva
-        zp = np.zeros(mn.pv.size)
-        smax = tree.s_max_pu[1:]
-        if self.model == "socp":  # current limits instead (see problems/opf.py)
-            self.alg.set("lmax", np.minimum(smax**2, BIG))
-            smax = np.full_like(smax, BIG)
-        prog.proj.set_snapshot(f, snap, b, zp, zp, np.zeros(mn.ess.size), cap_node_q, tree.vm_min_pu[1:] ** 2,
-                               tree.vm_max_pu[1:] ** 2, smax)
-        self.alg.set("avail_mw", np.minimum(np.asarray(snap.pv_avail_mw, float)[mn.pv], f.pv.s_mva[mn.pv]))
+        self.prog.set_snapshot(self.feeder, snap, cap)
 
     def _solve_once(self, penalty: float):
         if self.model == "socp":

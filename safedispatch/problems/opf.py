@@ -16,6 +16,12 @@ Branch ratings: the SOCP model limits the squared current ``l <= i_max^2`` (pu, 
 branch flow model, what pandapower's ``max_loading_percent`` limits); LinDistFlow has no
 current, so it keeps the projection's apparent-power limit ``sqrt(3) vn i_max``.
 
+**Open boundary** (``open_boundary=True``, a zone's model for decomposition methods such as
+ADMM): the zone's source voltage and the flows into its downstream zones, parameters in the
+projection's zone model, become variables, and a proximal term
+``0.5 * ||scale * y - target||^2`` on the boundary vector ``y`` (layout in
+:class:`BoundaryLayout`) is added to the objective, ``scale`` and ``target`` parameters.
+
 All terms are in MW-equivalent cost units per snapshot. The losses term is the relaxed branch
 losses of Farivar & Low (2013) in the SOCP model and the quadratic DistFlow loss estimate
 ``r (P^2 + Q^2) / w`` at ``w = 1`` (Baran & Wu 1989) in the linear model.
@@ -29,10 +35,11 @@ import numpy as np
 
 from safedispatch.errors import InputError
 from safedispatch.network.feeder import Feeder
-from safedispatch.problems.projection import ProjectionProgram
+from safedispatch.problems.projection import BIG, ProjectionProgram, device_bounds
+from safedispatch.problems.types import Snapshot
 from safedispatch.problems.zones import ModelNetwork
 
-__all__ = ["OPFProgram", "OPFWeights", "PAPER_B_WEIGHTS", "resolve_weights"]
+__all__ = ["BoundaryLayout", "OPFProgram", "OPFWeights", "PAPER_B_WEIGHTS", "resolve_weights"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,93 @@ def resolve_weights(objective) -> OPFWeights:
                      "objective")
 
 
+@dataclass(frozen=True, eq=False)
+class BoundaryLayout:
+    """Where a zone model's boundary values sit in its boundary vector ``y``.
+
+    ``y = [w_up, P_up, Q_up] + [w_out (n_out,), P_out (n_out,), Q_out (n_out,)]``: the squared
+    voltage of the zone's source bus (pu^2) and the flow into the zone's head (pu, sending
+    end), present when the zone hangs below another zone (``up``); then, per boundary branch
+    into a downstream zone, the squared voltage of the zone bus it leaves from and the flow it
+    carries. Boundaries at the feeder's root bus are not in ``y``: the root voltage is fixed
+    and the root supplies any flow, so nothing there couples two zones.
+
+    Attributes:
+        up: The zone's upstream boundary is coupled (``y`` starts with three entries).
+        up_branch: Feeder branch into the zone's head (-1 when not ``up``).
+        head_node: Model node of the zone's head.
+        out_branch: ``(n_out,)`` feeder branches into downstream zones (from nodes > 0).
+        out_node: ``(n_out,)`` model nodes they leave from.
+        keys: ``(size,)`` global id of each entry, ``3 * branch + kind`` with kind 0 = voltage,
+            1 = P, 2 = Q: the two zones at a boundary branch share these ids.
+    """
+
+    up: bool
+    up_branch: int
+    head_node: int
+    out_branch: np.ndarray
+    out_node: np.ndarray
+    keys: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.keys.size)
+
+    @classmethod
+    def of(cls, feeder: Feeder, mn: ModelNetwork) -> BoundaryLayout:
+        """The layout of a model network (empty for the whole feeder)."""
+        tree = mn.tree
+        up = mn.zone is not None and tree.bus[0] != feeder.root_bus
+        head = int(np.flatnonzero(tree.parent == 0)[0]) if tree.n > 1 else 0
+        up_branch = int(tree.branch[head]) if up else -1
+        ok = mn.out_node > 0
+        ob, on = mn.out_branch[ok], mn.out_node[ok]
+        keys = [3 * up_branch + np.arange(3)] if up else []
+        keys += [3 * ob + k for k in range(3)]
+        return cls(up=bool(up), up_branch=up_branch, head_node=head, out_branch=ob, out_node=on,
+                   keys=np.concatenate(keys).astype(np.int64) if keys else np.zeros(0, np.int64))
+
+    def values(self, x: dict) -> np.ndarray:
+        """``(size,)`` boundary vector from a solve's variable values (by name)."""
+        parts = []
+        if self.up:
+            h = self.head_node - 1
+            parts.append([x["bnd_w_src"][0], x["P"][h], x["Q"][h]])
+        if self.out_node.size:
+            parts += [x["w"][self.out_node - 1], x["bnd_p"], x["bnd_q"]]
+        return np.concatenate(parts).astype(float) if parts else np.zeros(0)
+
+
+class _OpenBoundary:
+    """Algebra proxy for a zone model: the projection's boundary parameters (source voltage,
+    flows into downstream zones added to node loads) come back as variables. Everything else
+    passes through to the wrapped algebra."""
+
+    def __init__(self, alg, mn: ModelNetwork, layout: BoundaryLayout):
+        self._alg, self._layout, self._mn = alg, layout, mn
+        self.w_src = self.p_out = self.q_out = None
+
+    def __getattr__(self, name):
+        return getattr(self._alg, name)
+
+    def param(self, name: str, value, nonneg: bool = False):
+        a, lay = self._alg, self._layout
+        p = a.param(name, value, nonneg)
+        if name == "w_src" and lay.up:
+            self.w_src = a.var("bnd_w_src", 1)
+            return self.w_src[0]
+        if name in ("load_p", "load_q") and lay.out_node.size:
+            f = a.var("bnd_p" if name == "load_p" else "bnd_q", lay.out_node.size)
+            if name == "load_p":
+                self.p_out = f
+            else:
+                self.q_out = f
+            M = np.zeros((self._mn.tree.n - 1, lay.out_node.size))
+            M[lay.out_node - 1, np.arange(lay.out_node.size)] = 1.0
+            return p + a.matvec(M, f)
+        return p
+
+
 class OPFProgram:
     """The snapshot OPF on one model network, built once on an algebra (see module docstring).
 
@@ -104,17 +198,22 @@ class OPFProgram:
         model: "lindistflow" or "socp".
         weights: Objective weights.
         scr_min: Minimum short-circuit ratio (None: off), as in the projection.
+        open_boundary: A zone model for decomposition (see module docstring): boundary values
+            are variables, with a proximal term set by :meth:`set_proximal`.
 
     Attributes:
         proj: The projection program holding the variables and constraints (its parameters are
             written by ``proj.set_snapshot``; its distance objective is not used).
         problem: The problem with the OPF objective.
+        boundary: :class:`BoundaryLayout` (None unless ``open_boundary``).
     """
 
     def __init__(self, alg, feeder: Feeder, mn: ModelNetwork, model: str, weights: OPFWeights,
-                 scr_min: float | None = None):
-        self.weights, self.model = weights, model
-        proj = ProjectionProgram(alg, feeder, mn, model, np.ones(feeder.n_pv), np.ones(feeder.n_ess), scr_min)
+                 scr_min: float | None = None, open_boundary: bool = False):
+        self.weights, self.model, self.alg, self.mn = weights, model, alg, mn
+        self.boundary = BoundaryLayout.of(feeder, mn) if open_boundary else None
+        palg = _OpenBoundary(alg, mn, self.boundary) if open_boundary else alg
+        proj = ProjectionProgram(palg, feeder, mn, model, np.ones(feeder.n_pv), np.ones(feeder.n_ess), scr_min)
         self.proj = proj
         a, tree, sn, wt = alg, mn.tree, mn.sn_mva, weights
         net = proj.net
@@ -139,7 +238,49 @@ class OPFProgram:
             obj = obj + wt.ess_usage * a.sum_squares(proj.e)
         if net.l is not None:
             obj = obj + a.param("loss_penalty", 0.0, nonneg=True) * loss
+        if self.boundary is not None and self.boundary.size:
+            lay, k = self.boundary, self.boundary.size
+            scale, target = a.param("prox_scale", np.zeros(k), nonneg=True), a.param("prox_target", np.zeros(k))
+            pieces = []
+            if lay.up:
+                h = np.array([lay.head_node - 1])
+                pieces += [palg.w_src, net.P[h], net.Q[h]]
+            if lay.out_node.size:
+                pieces += [net.w[lay.out_node - 1], palg.p_out, palg.q_out]
+            i = 0
+            for y in pieces:
+                n = y.shape[0]
+                obj = obj + 0.5 * a.sum_squares(a.mul(scale[i:i + n], y) - target[i:i + n])
+                i += n
         self.problem = a.problem(obj)
+
+    def set_snapshot(self, feeder: Feeder, snap: Snapshot, cap_step) -> None:
+        """Write one snapshot's numbers into the parameters.
+
+        Args:
+            feeder: The feeder.
+            snap: A validated snapshot (``snapshot.checked(feeder)``).
+            cap_step: ``(n_cap,)`` capacitor steps held during the solve.
+        """
+        f, mn, proj = feeder, self.mn, self.proj
+        tree = mn.tree
+        b = device_bounds(f, mn, snap)
+        qs = f.cap.q_step_mvar[mn.cap] * np.asarray(cap_step, float)[mn.cap]
+        cap_node_q = mn.incidence(mn.cap_node) @ qs / mn.sn_mva
+        zp = np.zeros(mn.pv.size)
+        smax = tree.s_max_pu[1:]
+        if self.model == "socp":  # current limits instead (see the module docstring)
+            self.alg.set("lmax", np.minimum(smax**2, BIG))
+            smax = np.full_like(smax, BIG)
+        proj.set_snapshot(f, snap, b, zp, zp, np.zeros(mn.ess.size), cap_node_q, tree.vm_min_pu[1:] ** 2,
+                          tree.vm_max_pu[1:] ** 2, smax)
+        self.alg.set("avail_mw", np.minimum(np.asarray(snap.pv_avail_mw, float)[mn.pv], f.pv.s_mva[mn.pv]))
+
+    def set_proximal(self, scale, target) -> None:
+        """Set the proximal term ``0.5 ||scale * y - target||^2`` (``(boundary.size,)`` each;
+        ADMM: ``scale = sqrt(rho)``, ``target = sqrt(rho) (z - u)``)."""
+        self.alg.set("prox_scale", scale)
+        self.alg.set("prox_target", target)
 
     @staticmethod
     def cost(weights: OPFWeights, loss_mw: float, curtail_mw: float, vm_pu, q_mvar, e_mw) -> float:
