@@ -2,7 +2,9 @@
 
 Projections per second of ``sd.TorchSafetyLayer(feeder)`` at batch sizes 1, 64, 1 024 and 65 536,
 forward (with the autograd graph, as in training) and backward (``safe.backward(g)``) timed
-separately, median of repeats; next to them, in the same process on the same instances:
+separately, median of repeats (on CPU tensors the layer's default backend solves the batch with
+the numba structured QP over threads; the batched torch solver, ``backend="torch"``, is timed
+beside it, forward); next to them, in the same process on the same instances:
 
 * **cvxpylayers**: the same projection QP (the layer's LinDistFlow rows with the per-sample
   right-hand sides as parameters, exact disks and branch cones) as a ``CvxpyLayer`` with its
@@ -108,7 +110,8 @@ def _bench_case(name, quick, seed, console):
     import safedispatch as sd
 
     f = sd.load_case(name)
-    tl = sd.TorchSafetyLayer(f)
+    tl = sd.TorchSafetyLayer(f)  # backend "auto": the numba batch solver for CPU tensors
+    tl_torch = sd.TorchSafetyLayer(f, backend="torch")  # the batched torch solver, timed beside it on CPU
     rng = np.random.default_rng(seed)
     cvx = _cvx_layer(tl)
     cpu = tl.cpu
@@ -116,6 +119,7 @@ def _bench_case(name, quick, seed, console):
     rows = []
     # warm-up: numba compile of the CPU fallback, cvxpylayers canonicalization
     tl(*_instances(f, 8, rng))
+    tl_torch(*_instances(f, 8, rng))
     for B in (BATCHES_QUICK if quick else BATCHES):
         raw, lp, lq, av = _instances(f, B, rng)
         row = {"case": name, "n_pv": f.n_pv, "batch": B}
@@ -150,8 +154,18 @@ def _bench_case(name, quick, seed, console):
                         "backward_per_s": B / float(np.median(bts)),
                         "status": {s.name: int((st == s).sum()) for s in sd.ProjectionStatus},
                         "info": dict(tl.last_info)}
+        # the torch solver on CPU (forward with the autograd graph, as above)
+        fts = []
+        for _ in range(REPEATS[B] if not quick else 3):
+            r_ = raw.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            safe_t = tl_torch(r_, lp, lq, av)
+            fts.append(time.perf_counter() - t0)
+        row["ours_torch_solver"] = {"forward_per_s": B / float(np.median(fts)), "repeats": len(fts),
+                                    "info": dict(tl_torch.last_info)}
         with torch.no_grad():
             safe_ours = tl(raw, lp, lq, av)
+        row["ours_torch_solver"]["max_abs_diff_vs_ours"] = float((safe_t.detach() - safe_ours).abs().max())
         # cvxpylayers on a sub-batch
         k = min(B, CVX_CAP.get(name, 64))
         st_ = tl._static(torch.device("cpu"))
@@ -212,9 +226,9 @@ def _fmt(x):
 
 def _tables(runs):
     by = [{(r["case"], r["batch"]): r for r in run["rows"]} for run in runs]
-    head = ["case", "batch", "ours fwd /s", "ours bwd /s", "cvxpylayers fwd /s", "cvxpylayers bwd /s",
-            "cvx samples", "CPU loop /s", "fwd ratio", "bwd ratio", "status U/P/I/F", "torch-certified / fallback",
-            "max diff vs cvx / CPU"]
+    head = ["case", "batch", "ours fwd /s", "ours bwd /s", "torch solver fwd /s", "cvxpylayers fwd /s",
+            "cvxpylayers bwd /s", "cvx samples", "CPU loop /s", "fwd ratio", "bwd ratio", "status U/P/I/F",
+            "numba-certified / fallback", "max diff vs cvx / CPU / torch solver"]
     rows = []
     for key, r in by[0].items():
         same = [b.get(key) for b in by]
@@ -232,13 +246,15 @@ def _tables(runs):
         s = r["ours"]["status"]
         rows.append([r["case"], str(r["batch"]), _harness.cells(col("ours", "forward_per_s"), _fmt),
                      _harness.cells(col("ours", "backward_per_s"), _fmt),
+                     _harness.cells(col("ours_torch_solver", "forward_per_s"), _fmt),
                      _harness.cells(col("cvxpylayers", "forward_per_s"), _fmt),
                      _harness.cells(col("cvxpylayers", "backward_per_s"), _fmt), str(r["cvxpylayers"]["samples"]),
                      _harness.cells(col("cpu_loop", "per_s"), _fmt), _harness.cells(fr, _harness.fmt_ratio),
                      _harness.cells(br, _harness.fmt_ratio),
                      "/".join(str(s.get(k, 0)) for k in ("UNCHANGED", "PROJECTED", "INFEASIBLE", "SOLVER_FAILED")),
-                     f"{r['ours']['info'].get('torch_optimal')} / {r['ours']['info'].get('fallback')}",
-                     f"{r['cvxpylayers']['max_abs_diff_vs_ours']:.1e} / {r['cpu_loop']['max_abs_diff_vs_ours']:.1e}"])
+                     f"{r['ours']['info'].get('numba_optimal')} / {r['ours']['info'].get('fallback')}",
+                     f"{r['cvxpylayers']['max_abs_diff_vs_ours']:.1e} / {r['cpu_loop']['max_abs_diff_vs_ours']:.1e}"
+                     f" / {r['ours_torch_solver']['max_abs_diff_vs_ours']:.1e}"])
     return head, rows
 
 
