@@ -41,6 +41,7 @@ import numpy as np
 
 from safedispatch.backends import cvxpy_
 from safedispatch.baselines.controller import hold_cap_step
+from safedispatch.baselines.opf import solve_opf_problem
 from safedispatch.errors import InputError, NetworkDataError
 from safedispatch.network.feeder import Feeder
 from safedispatch.powerflow import run_powerflow
@@ -141,7 +142,7 @@ class ZoneWorker:
         scale, target = np.asarray(scale, float), np.asarray(target, float)
         if self.layout.size:
             self.prog.set_proximal(scale, target)
-        r = cvxpy_.solve(self.prog.problem, self.spec.solvers)
+        r = solve_opf_problem(self.prog.problem, self.spec.solvers)
         mn = self.mn
         if not r.status.has_solution:
             e = np.zeros(0)

@@ -36,6 +36,7 @@ from enum import IntEnum
 import numpy as np
 
 from safedispatch.backends import cvxpy_
+from safedispatch.backends.result import SolveStatus
 from safedispatch.baselines.controller import Controller, NoControl, hold_cap_step
 from safedispatch.errors import InputError
 from safedispatch.network.feeder import Feeder
@@ -53,6 +54,13 @@ I_TOL = 1e-3
 #: a cone is "tight" when its relative slack is below this
 CONE_TOL = 1e-4
 REPAIR_PENALTIES = (0.1, 1.0, 10.0)
+#: where Clarabel stops short of the projection's tight tolerances (1e-10,
+#: :data:`~safedispatch.backends.cvxpy_.DEFAULT_OPTIONS`) with OPTIMAL_INACCURATE, as it often does
+#: on these cones, it is re-run at its own defaults (1e-8) before the fallback chain, which would
+#: otherwise spend seconds in SCS: the OPF's costs (~1e-2 MW) need no more than 1e-8 absolute.
+#: The repair's penalized solves keep the full chain (their cone gaps are reported, and
+#: Clarabel's looser optimum leaves them ~2e-3 slack where ECOS reaches 1e-3).
+OPF_RETRY_OPTIONS = {"CLARABEL": dict(tol_gap_abs=1e-8, tol_gap_rel=1e-8, tol_feas=1e-8)}
 REPAIR_BISECTIONS = 4
 
 
@@ -150,7 +158,9 @@ class SnapshotOPF:
     def _solve_once(self, penalty: float):
         if self.model == "socp":
             self.alg.set("loss_penalty", penalty)
-        return cvxpy_.solve(self.prog.problem, self.solvers)
+        if penalty > 0:  # the repair keeps the full-precision chain: it is judged on cone tightness
+            return cvxpy_.solve(self.prog.problem, self.solvers)
+        return solve_opf_problem(self.prog.problem, self.solvers)
 
     def _action(self, r, cap) -> Action:
         f, mn = self.feeder, self.mn
@@ -290,6 +300,35 @@ class SnapshotOPF:
         info["repair"].append({"safety_layer": res.status.name, "certified": bool(res.certified)})
         pf, cost, feas = self._ac(snap, res.action.checked(self.feeder))
         return res.action.checked(self.feeder), pf, cost, feas
+
+
+def solve_opf_problem(problem, solvers=cvxpy_.DEFAULT_SOLVERS):
+    """Solve an OPF problem: the first solver at tight tolerances, re-run at its default
+    tolerances when that ends inaccurate (see :data:`OPF_RETRY_OPTIONS`), then the rest of the
+    chain. Never raises for solver outcomes.
+
+    Returns:
+        The :class:`~safedispatch.backends.result.SolveResult` of the last attempt, its
+        ``solve_time_s`` summed over the attempts and ``info["tried"]`` listing them.
+    """
+    solvers = tuple(solvers)
+    definite = (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE, SolveStatus.UNBOUNDED)
+    first = cvxpy_.solve(problem, solvers[:1])
+    if first.status in definite:
+        return first
+    spent, tried = first.solve_time_s, list(first.info.get("tried", []))
+    r = first
+    if solvers[0] in OPF_RETRY_OPTIONS:
+        r = cvxpy_.solve(problem, solvers[:1], OPF_RETRY_OPTIONS)
+        spent += r.solve_time_s
+        tried += [f"{solvers[0]}(default tolerances)"]
+    if r.status not in definite and len(solvers) > 1:
+        r = cvxpy_.solve(problem, solvers[1:])
+        spent += r.solve_time_s
+        tried += list(r.info.get("tried", []))
+    r.solve_time_s = spent
+    r.info["tried"] = tried
+    return r
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

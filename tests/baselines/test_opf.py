@@ -138,3 +138,22 @@ def test_bad_arguments_raise_typed_errors():
         with pytest.raises(sd.InputError) as e:
             solve_opf(f, snap, **kw)
         assert e.value.field == field
+
+
+def test_inaccurate_clarabel_is_retried_before_the_slow_fallback():
+    # on this snapshot Clarabel stops OPTIMAL_INACCURATE at the projection's 1e-10 tolerances;
+    # the OPF re-runs it at its defaults instead of falling through to ECOS and SCS (seconds)
+    from safedispatch.backends import cvxpy_
+
+    f = sd.load_case("ieee33-paperB-4")
+    rng = np.random.default_rng(0)
+    snap = sd.Snapshot.nominal(f, load=float(rng.uniform(0.4, 1.1)))
+    snap = snap.replace(pv_avail_mw=rng.uniform(0.3, 1.0, f.n_pv) * f.pv.p_max_mw)
+    opf = SnapshotOPF(f, "socp")
+    res = opf.solve(snap)
+    assert res.status == OPFStatus.OPTIMAL and res.solver == "CLARABEL"
+    assert res.info["solver_info"]["tried"] == ["CLARABEL", "CLARABEL(default tolerances)"]
+    chain = cvxpy_.solve(opf.prog.problem)  # the full chain on the same parameters
+    assert chain.info["tried"] != ["CLARABEL"]
+    # the chain ends in SCS, itself only OPTIMAL_INACCURATE: they agree to 1.3e-5 here
+    assert res.objective == pytest.approx(chain.objective, rel=1e-4)
