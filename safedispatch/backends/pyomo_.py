@@ -215,17 +215,32 @@ class _PMat:
         return PVec(sum(self.p[r, c] * x.items[c] for c in range(k)) for r in range(m))
 
 
-def solve(model, time_limit_s: float | None = None, mip_gap: float = 1e-9) -> SolveResult:
+def persistent_highs():
+    """A persistent HiGHS interface (Pyomo's ``contrib.solver`` Highs): pass it to :func:`solve`
+    on every call for the same model, and each re-solve only pushes the changed mutable
+    parameters to HiGHS instead of rebuilding the whole model from Pyomo expressions."""
+    from pyomo.contrib.solver.solvers.highs import Highs
+
+    return Highs()
+
+
+def solve(model, time_limit_s: float | None = None, mip_gap: float = 1e-9, solver=None) -> SolveResult:
     """Solve a Pyomo model with HiGHS; never raises for solver outcomes.
+
+    Args:
+        model: The Pyomo model.
+        time_limit_s: HiGHS time limit (None: none).
+        mip_gap: Relative MIP gap.
+        solver: A :func:`persistent_highs` instance kept by the caller for this model (None: a
+            fresh one, which rebuilds the HiGHS model from the Pyomo expressions).
 
     Returns:
         SolveResult with variable values by component name.
     """
     import pyomo.environ as pyo
     from pyomo.contrib.solver.common.results import SolutionStatus, TerminationCondition
-    from pyomo.contrib.solver.solvers.highs import Highs
 
-    opt = Highs()  # the new (persistent-capable) interface: results carry termination conditions
+    opt = persistent_highs() if solver is None else solver
     t0 = time.perf_counter()
     kw = {"load_solutions": False, "raise_exception_on_nonoptimal_result": False,
           "solver_options": {"mip_rel_gap": mip_gap}}

@@ -139,6 +139,8 @@ class SnapshotMIP:
         obj = (curtailment * sum(m.avail[i] - m.pv_p[i] for i in range(n_pv))
                + sum(float(swc[i]) * m.sw[i] for i in range(n_cap)) + voltage * sum(m.dev[j] for j in range(k)))
         alg.problem(obj)
+        # persistent: later snapshots push only the changed parameters to HiGHS
+        self._highs = pyomo_.persistent_highs()
         self.build_time_s = time.perf_counter() - t0
         self._fresh = True
 
@@ -172,7 +174,7 @@ class SnapshotMIP:
         return self._finish(self._fixed_solve(), t0, snap)
 
     def _fixed_solve(self):
-        return pyomo_.solve(self.alg.model, time_limit_s=self.time_limit_s)
+        return pyomo_.solve(self.alg.model, time_limit_s=self.time_limit_s, solver=self._highs)
 
     def _finish(self, r, t0, snap) -> MIPResult:
         f, mn = self.feeder, self.mn
