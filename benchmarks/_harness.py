@@ -214,6 +214,26 @@ def run_threads(script: str | Path, args, threads: list[int], console: Console) 
     return runs
 
 
+def parent_or_child(script: str | Path, args, child, version_of, width: int):
+    """The start every benchmark's ``main`` shares.
+
+    As a child (the internal ``--child-json``): run ``child(args)`` and return its exit status
+    (130 when interrupted). As the parent: start (:func:`start_parent`), run every thread count
+    in its own subprocess (:func:`run_threads`) and return ``(console, t_start, machine,
+    threads, runs)``, or an exit status when no result file should be written.
+    """
+    if args.child_json:
+        try:
+            return child(args)
+        except KeyboardInterrupt:
+            return 130
+    console, t_start, machine, threads = start_parent(args, version_of, width=width)
+    runs = run_threads(script, args, threads, console)
+    if isinstance(runs, int):
+        return runs
+    return console, t_start, machine, threads, runs
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``,
     so an interruption leaves either the old file or the new one, never half of one."""

@@ -181,15 +181,10 @@ def main(argv=None) -> int:
     args = _harness.parse_args(__doc__, argv, quick_help="fewer steps and repeats (smoke test)",
                                default_cases=DEFAULT_CASES, stem="env_throughput",
                                seed_help="seed of the random actions (default: 0)")
-    if args.child_json:
-        try:
-            return _child(args)
-        except KeyboardInterrupt:
-            return 130
-    console, t_start, machine, threads = _harness.start_parent(args, VERSION_OF, width=160)
-    runs = _harness.run_threads(__file__, args, threads, console)
-    if isinstance(runs, int):
-        return runs
+    out = _harness.parent_or_child(__file__, args, _child, VERSION_OF, width=160)
+    if isinstance(out, int):
+        return out
+    console, t_start, machine, threads, runs = out
     head = ["case", "method", "env steps/s", "vs pandapower"]
     table = []
     for row in runs[0]["rows"]:

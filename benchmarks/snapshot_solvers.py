@@ -215,12 +215,13 @@ def _targets(rows_by_thread: list[list[dict]]) -> list[dict]:
 def main(argv=None) -> int:
     args = _harness.parse_args(__doc__, argv, quick_help="smoke test: 4 snapshots per case",
                                default_cases=DEFAULT_CASES, stem=STEM, seed_help="seed of the snapshots")
-    if args.child_json:
-        return _harness.run_child(args, lambda name, console: _bench_case(name, args.quick, args.seed, console))
-    console, t_start, machine, threads = _harness.start_parent(args, VERSION_OF, width=170)
-    runs = _harness.run_threads(__file__, args, threads, console)
-    if isinstance(runs, int):
-        return runs
+    def child(a):
+        return _harness.run_child(a, lambda name, console: _bench_case(name, a.quick, a.seed, console))
+
+    out = _harness.parent_or_child(__file__, args, child, VERSION_OF, width=170)
+    if isinstance(out, int):
+        return out
+    console, t_start, machine, threads, runs = out
     by_case = {}
     for run in runs:
         for r in run["rows"]:

@@ -628,15 +628,10 @@ def _parse(argv):
 def main(argv=None) -> int:
     """Run the benchmark (or, with the internal ``--child-json``, one thread count of it)."""
     args = _parse(argv)
-    if args.child_json:
-        try:
-            return _child(args)
-        except KeyboardInterrupt:
-            return 130
-    console, t_start, machine, threads = _harness.start_parent(args, VERSION_OF, width=240)
-    runs = _harness.run_threads(__file__, args, threads, console)
-    if isinstance(runs, int):
-        return runs
+    out = _harness.parent_or_child(__file__, args, _child, VERSION_OF, width=240)
+    if isinstance(out, int):
+        return out
+    console, t_start, machine, threads, runs = out
 
     targets = _targets(runs)
     tlines = _target_lines(targets)

@@ -284,15 +284,10 @@ def main(argv=None) -> int:
     args = _harness.parse_args(__doc__, argv, quick_help="batches 1 and 64 only (smoke test)",
                                default_cases=DEFAULT_CASES, stem="torch_layer",
                                seed_help="seed of the random instances (default: 0)")
-    if args.child_json:
-        try:
-            return _child(args)
-        except KeyboardInterrupt:
-            return 130
-    console, t_start, machine, threads = _harness.start_parent(args, VERSION_OF, width=240)
-    runs = _harness.run_threads(__file__, args, threads, console)
-    if isinstance(runs, int):
-        return runs
+    out = _harness.parent_or_child(__file__, args, _child, VERSION_OF, width=240)
+    if isinstance(out, int):
+        return out
+    console, t_start, machine, threads, runs = out
     head, rows = _tables(runs)
     targets = _targets(runs)
     devs = sorted({r["ours_cuda"]["device"] for run in runs for r in run["rows"] if "ours_cuda" in r})
