@@ -66,10 +66,12 @@ def dispatch_metrics(feeder: Feeder, vm_pu, p_loss_mw, pv_avail_mw=None, pv_p_mw
         A dict of floats.
 
     Raises:
-        InputError: shapes that do not match the feeder or each other, NaN or inf.
+        InputError: shapes that do not match the feeder or each other, no step, NaN or inf.
     """
     v = _arr(vm_pu, "vm_pu", 2, feeder.n_bus)
     T = v.shape[0]
+    if T == 0:
+        raise InputError("expected at least one step", "vm_pu")
     loss = _arr(p_loss_mw, "p_loss_mw", 1)
     if loss.size != T:
         raise InputError(f"expected {T} steps like vm_pu, got {loss.size}", "p_loss_mw")

@@ -210,6 +210,8 @@ def test_metrics_against_direct_computation():
         dispatch_metrics(f, vm[:, :5], loss)
     with pytest.raises(sd.InputError):
         dispatch_metrics(f, vm, loss[:-1])
+    with pytest.raises(sd.InputError):  # no step: no mean of nothing (NaN) leaves the library
+        dispatch_metrics(f, vm[:0], loss[:0])
 
 
 @pytest.mark.parametrize("cfg", [EnvConfig(case="ieee33-paperB-4"),
