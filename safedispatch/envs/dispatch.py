@@ -43,7 +43,8 @@ With ``validate=True``, ``info["pandapower_converged"]`` and, when it converged,
 
 ``info`` holds plain numpy arrays and floats: ``vm_pu``, ``pv_p_mw``, ``pv_q_mvar``,
 ``pv_avail_mw``, ``load_p_mw``, ``load_q_mvar``, ``cap_step``, ``ess_p_mw``, ``p_loss_mw``,
-``curtailed_mw``, ``cost``, ``pf_converged``, ``device_limited_mva``, ``day``, ``step``.
+``curtailed_mw``, ``cost``, ``pf_converged``, ``device_limited_mva``, ``action_out_of_bounds``,
+``day``, ``step``.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ class DispatchEnv(gym.Env):
             for k, z in enumerate(f.zones):
                 self._zone_of_bus[np.asarray(z)] = k
         self._pp_net = None
+        self._action_excess = 0.0
         self._day_pos = 0
         self._t = 0
         self._prev: Action | None = None
@@ -209,7 +211,10 @@ class DispatchEnv(gym.Env):
             raise InputError(f"expected shape {self.action_space.shape}, got {a.shape}", "action")
         if not np.isfinite(a).all():
             raise InputError("contains NaN or inf", "action")
-        a = np.clip(a, -1.0, 1.0)  # the Box's bounds: RL noise may step outside them
+        # the Box's bounds: RL noise may step outside them; how far is reported in the step's info
+        clipped = np.clip(a, -1.0, 1.0)
+        self._action_excess = float(np.abs(a - clipped).max(initial=0.0))
+        a = clipped
         s = f.pv.s_mva
         avail = self.profiles.pv_avail_mw[self._row()]
         if self.config.control == "pq":
@@ -300,7 +305,9 @@ class DispatchEnv(gym.Env):
                 "pv_avail_mw": avail.copy(), "load_p_mw": self.profiles.load_p_mw[r].copy(),
                 "load_q_mvar": self.profiles.load_q_mvar[r].copy(), "cap_step": applied.cap_step.copy(),
                 "ess_p_mw": applied.ess_p_mw.copy(), "p_loss_mw": loss, "curtailed_mw": curtailed, "cost": cost,
-                "pf_converged": bool(pf.converged), "device_limited_mva": cut, "day": self.day, "step": self._t}
+                "pf_converged": bool(pf.converged), "device_limited_mva": cut,
+                "action_out_of_bounds": self._action_excess, "day": self.day, "step": self._t}
+        self._action_excess = 0.0  # set-points applied directly (step_setpoints) were not clipped
         if cfg.validate:
             dv = self._pandapower_check(applied, vm)
             info["pandapower_converged"] = dv is not None

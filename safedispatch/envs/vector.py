@@ -11,7 +11,7 @@ checked against single envs step by step.
 Returns are torch tensors on ``device`` (``dtype`` float64 by default): observations
 ``(B, n_obs)``, rewards ``(B,)``, ``terminated`` / ``truncated`` ``(B,)`` bool, and ``info`` a
 dict of ``(B, ...)`` tensors (``vm_pu``, ``pv_p_mw``, ``pv_q_mvar``, ``pv_avail_mw``,
-``load_p_mw``, ``load_q_mvar``, ``p_loss_mw``, ``curtailed_mw``, ``cost``, ``pf_converged``,
+``load_p_mw``, ``load_q_mvar``, ``p_loss_mw``, ``curtailed_mw``, ``cost``, ``pf_converged``, ``action_out_of_bounds``,
 and with safety ``raw_action``, ``safe_action``, ``correction_norm``, ``projection_status``).
 
 The safety layer here is the LinDistFlow projection without AC certification (the torch layer
@@ -191,10 +191,11 @@ class VectorDispatchEnv:
             raise InputError("contains NaN or inf", "actions")
         if self._step >= STEPS_PER_DAY:
             raise InputError("the day is over: call reset()", "actions")
-        a = a.clamp(-1.0, 1.0)
+        clipped = a.clamp(-1.0, 1.0)  # the Box's bounds; the excess is reported, as in DispatchEnv
+        info = {"action_out_of_bounds": (a - clipped).abs().amax(dim=1)}
+        a = clipped
         p, q, cap, e = self._decode(a)
         lp, lq, av = self._now()
-        info = {}
         if self.layer is not None:
             raw = torch.cat([p, q], dim=1)
             prev = torch.cat([self._p, self._q], dim=1)

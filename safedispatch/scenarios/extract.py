@@ -100,7 +100,6 @@ def _measured(prov: dict) -> np.ndarray:
     s = s.interpolate(limit=MAX_GAP_STEPS, limit_area="inside")
     v = s.to_numpy(float).reshape(366, 96)
     bad_days = np.flatnonzero(np.isnan(v).any(axis=1))
-    good = np.setdiff1d(np.arange(366), bad_days)
     # leading/trailing night gaps: a day's first and last values are night (zero output)
     for d in bad_days:
         row = v[d]

@@ -104,6 +104,14 @@ def test_device_limits_and_reward_terms():
     np.testing.assert_allclose(info["pv_p_mw"], np.minimum(snap.pv_avail_mw, f.pv.s_mva))
     np.testing.assert_allclose(info["pv_q_mvar"], np.sqrt(f.pv.s_mva**2 - info["pv_p_mw"] ** 2))
     assert info["device_limited_mva"] > 0 and info["curtailed_mw"] == pytest.approx(0.0, abs=1e-12)
+    assert info["action_out_of_bounds"] == 0.0
+    # outside the Box: clipped to it (the same step as a = 1) and the excess reported
+    env2 = DispatchEnv(cfg)
+    env2.reset(seed=0, options={"day": int(env.days[100])})
+    for _ in range(50):
+        env2.step(-np.ones(env.action_space.shape, np.float32))
+    _, r2, _, _, info2 = env2.step(1.5 * a)
+    assert info2["action_out_of_bounds"] == pytest.approx(0.5) and r2 == r
     # the reward from the voltages and losses of an independent pandapower run
     import pandapower as pp
     net = sd.to_pandapower(f)
