@@ -358,11 +358,12 @@ class TorchSafetyLayer(nn.Module):
                  torch.zeros(B, 1, dtype=torch.long, device=dev), torch.zeros(B, 1, 2, dtype=r.dtype, device=dev)]
         grad_ok = unchanged.clone()
         extra = []  # CPU-solved samples with their own (wider) working sets
+        numba_grad: dict = {}  # samples solved by the numba batch solver (their gradient is compiled too)
         use_numba = self.backend == "numba" or (self.backend == "auto" and dev.type == "cpu")
         if use_numba and dev.type != "cpu":
             raise InputError(f"the numba backend needs CPU tensors, got {dev}", "backend")
         if todo.numel() and use_numba:
-            self._solve_numba(st, r, (plo, phi, qlo, qhi), h, c, x, status, todo, grad_ok, slots, info, row)
+            self._solve_numba(st, r, (plo, phi, qlo, qhi), h, c, x, status, todo, grad_ok, numba_grad, info, row)
         elif todo.numel():
             sol = qp.solve(r[todo], plo[todo], phi[todo], qlo[todo], qhi[todo], h[todo], c[todo], tol=self.tol,
                            max_iter=self.max_iter, chunk=self.chunk)
@@ -380,47 +381,32 @@ class TorchSafetyLayer(nn.Module):
             info["fallback"] = int(bad_ids.size)
             if bad_ids.size:
                 self._fallback(st, r, bnd, h, c, x, status, bad_ids, bad_st, grad_ok, extra, row)
-        return x, status, {"grad_ok": grad_ok, "slots": slots, "extra": extra, "info": info}
+        return x, status, {"grad_ok": grad_ok, "slots": slots, "extra": extra, "numba": numba_grad, "info": info}
 
-    def _solve_numba(self, st, r, bnd, h, c, x, status, todo, grad_ok, slots, info, row):
+    def _solve_numba(self, st, r, bnd, h, c, x, status, todo, grad_ok, numba_grad, info, row):
         """The samples ``todo`` by the CPU structured QP in one parallel batch; fills ``x``,
-        ``status``, ``grad_ok`` and the gradient working sets ``slots`` in place."""
+        ``status``, ``grad_ok`` and what the compiled gradient needs (``numba_grad``) in place."""
         N = self.n_pv
-        qp: TorchQP = st["qp"]
         cq = self._mod.fast
         nd = lambda t: t.detach().numpy()  # noqa: E731
         R = nd(r[todo])
         k = R.shape[0]
         plo, phi, qlo, qhi = (b[todo] for b in bnd)
+        bn = [nd(b) for b in (plo, phi, qlo, qhi)]
+        Cn = nd(c[todo])
         e0 = np.zeros((k, 0))
-        X, code, iters, LL, LS = cq.solve_batch(R[:, :N], R[:, N:], e0, self._w, np.zeros(0), nd(plo), nd(phi),
-                                                nd(qlo), nd(qhi), self._s, self._t, e0, e0, nd(h[todo]),
-                                                nd(c[todo]), self._S, tol=self.tol)
+        X, code, iters, LL, LS = cq.solve_batch(R[:, :N], R[:, N:], e0, self._w, np.zeros(0), *bn, self._s, self._t,
+                                                e0, e0, nd(h[todo]), Cn, self._S, tol=self.tol)
         xt = _onto_devices(torch.from_numpy(X), plo, phi, qlo, qhi, st["s"], torch.as_tensor(self._t))
         opt = torch.from_numpy(code == 0)
         ok_ids = todo[opt]
         x[ok_ids] = xt[opt]
         status[ok_ids] = int(ProjectionStatus.PROJECTED)
         grad_ok[ok_ids] = True
-        # working sets of the optimal samples in the torch solver's scaled rows, padded with
-        # zero multipliers (inactive), for the implicit gradient
-        lam_l = torch.from_numpy(LL[:, qp.lin_map])[opt] * qp.gn
-        lam_s = torch.from_numpy(LS[:, qp.soc_map])[opt]
-        B = r.shape[0]
-        kL = max(int((lam_l > 0).sum(1).max()) if lam_l.numel() else 0, 1)
-        kS = max(int((lam_s > 0).sum(1).max()) if lam_s.numel() else 0, 1)
-        vL, iL = torch.sort((lam_l > 0).to(torch.int8), dim=1, descending=True, stable=True)
-        vS, iS = torch.sort((lam_s > 0).to(torch.int8), dim=1, descending=True, stable=True)
-        iL, iS = iL[:, :kL], iS[:, :kS]
-        lam = lam_l.gather(1, iL) * vL[:, :kL]
-        ls = lam_s.gather(1, iS) * vS[:, :kS]
-        xo = xt[opt]
-        co = c[ok_ids][:, torch.as_tensor(qp.soc_map)][torch.arange(xo.shape[0]).unsqueeze(1), iS]  # (b, kS, 2)
-        u = torch.einsum("bkcn,bn->bkc", qp.An[iS], xo) + co / qp.an[iS].unsqueeze(-1)
-        y = (ls * qp.an[iS]).unsqueeze(-1) * u / u.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-        for j, v in enumerate((iL, lam, iS, y)):
-            slots[j] = torch.zeros((B,) + tuple(v.shape[1:]), dtype=v.dtype)
-            slots[j][ok_ids] = v
+        # what the compiled implicit gradient needs (structured_qp_vjp.vjp_batch)
+        o = opt.numpy()
+        numba_grad["ids"] = ok_ids
+        numba_grad["data"] = (xt[opt].numpy(), LL[o], LS[o], R[o, :N], R[o, N:], *(b[o] for b in bn), Cn[o])
         info["torch_optimal"] = 0
         info["numba_optimal"] = int(opt.sum())
         info["iterations_max"] = int(iters.max()) if iters.size else 0
@@ -548,6 +534,7 @@ class _ProjectFn(torch.autograd.Function):
         holder["info"] = g["info"]
         ctx.st = st
         ctx.g = g
+        ctx.layer = layer
         ctx.save_for_backward(r, *bnd, x)
         ctx.status = status
         return x
@@ -572,6 +559,22 @@ class _ProjectFn(torch.autograd.Function):
         extra_ids = [i for i, _ in g["extra"]]
         if extra_ids:
             ok[torch.as_tensor(extra_ids, dtype=torch.long, device=dev)] = False
+        nb = g["numba"]
+        if nb and nb["ids"].numel():
+            # samples of the numba batch solver: the compiled implicit gradient (same formulas)
+            from safedispatch.backends.structured_qp_vjp import vjp_batch
+
+            layer = ctx.layer
+            ids = nb["ids"]
+            ok[ids] = False
+            X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, Cn = nb["data"]
+            rb, bb, hb, cb = vjp_batch(layer._mod.fast, X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, layer._w, layer._s,
+                                       layer._t, Cn, layer._S, gx[ids].detach().numpy())
+            r_bar[ids] = torch.from_numpy(rb)
+            for k in range(4):
+                b_bar[k][ids] = torch.from_numpy(bb[k])
+            h_bar[ids] = torch.from_numpy(hb)
+            c_bar[ids] = torch.from_numpy(cb)
         groups = []
         ids = ok.nonzero(as_tuple=True)[0]
         if ids.numel():

@@ -195,6 +195,44 @@ def test_gradcheck_with_ramp_limits(backend):
     assert torch.autograd.gradcheck(lambda r, a, pr: tl(r, lp, lq, a, pr), inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("case,pf", [("ieee33-paperB-4", False), ("ieee33-paperB-4", True), ("ieee33-paperB", False),
+                                     ("ieee33-paperC", True)])
+def test_compiled_gradient_equals_torch_gradient(case, pf):
+    """The numba backend's compiled VJP (structured_qp_vjp) against the torch backend's
+    implicit_vjp: two solvers and two implementations of the implicit gradient, on random
+    batches with ramp limits, power-factor limits and corners (no PV, ramp-bound boxes)."""
+    f = sd.load_case(case)
+    if pf:
+        f = f.replace(pv=dataclasses.replace(f.pv, pf_min=np.full(f.n_pv, 0.9)))
+    tn = sd.TorchSafetyLayer(f, dt_h=5 / 60, scr_min=3.0 if pf else None, backend="numba")
+    tt = sd.TorchSafetyLayer(f, dt_h=5 / 60, scr_min=3.0 if pf else None, backend="torch")
+    rng = np.random.default_rng(31)
+    raw, lp, lq, av, rows = batch(f, rng, 64, ramp_every=2)
+    av[::5] = 0.0  # night: p pinned at 0 (box corners)
+    prev = with_prev(rows)
+    gw = torch.tensor(rng.normal(size=raw.shape))
+    grads, outs = [], []
+    for tl in (tn, tt):
+        ins = [t.clone().requires_grad_(True) for t in (raw, lp, lq, av, prev)]
+        safe, st = tl(*ins, return_status=True)
+        grads.append(torch.autograd.grad((safe * gw).sum(), ins))
+        outs.append((safe.detach(), st))
+    assert (outs[0][1] == outs[1][1]).all()
+    assert (outs[0][0] - outs[1][0]).abs().max() <= 1e-6
+    proj = (outs[0][1] == PS.PROJECTED).numpy()
+    assert proj.sum() >= 32
+    names = ("raw", "load_p_mw", "load_q_mvar", "pv_avail_mw", "prev")
+    for name, a, b in zip(names, *grads):
+        a, b = a.numpy(), b.numpy()
+        scale = max(1.0, np.abs(b).max())
+        # per-sample agreement; the active set is the same wherever the solutions agree closely
+        bad = np.flatnonzero(np.abs(a - b).max(1) > 1e-6 * scale)
+        assert bad.size <= 1, (name, bad, np.abs(a - b).max())
+    assert grads[0][0].abs().sum() > 0 and grads[0][3].abs().sum() > 0
+    if np.isfinite(f.pv.ramp_p_pu_per_min).any():
+        assert grads[0][4].abs().sum() > 0  # the ramp limits are active somewhere
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 copy keyword, inside cvxpylayers
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_gradient_matches_cvxpylayers(backend):
