@@ -134,20 +134,26 @@ def _normal(cid, xp, xq, th, ih):
 
 
 @njit(**_NOREF)
-def _vjp_range(lo, hi, n_pv, mp, mi, mv, bnorm, lin_map, soc_map, X, RP, RQ, LL, LS, PLO, PHI, QLO, QHI, s, haspf,
-               th, ih, winv, C, S, GX, RB, PLOB, PHIB, QLOB, QHIB, HB, CB,
+def _vjp_range(lo, hi, n_pv, mp, mi, mv, bnorm, lin_map, soc_map, IDX, MASK, X, LL, LS, RP_, RQ_, PLO_, PHI_, QLO_,
+               QHI_, s, haspf, th, ih, winv, C_, S, GX_, RB_, PLOB_, PHIB_, QLOB_, QHIB_, HB_, CB_,
                v, ja, jb, jc, c1, c2, rows, MF, JMF, K, rhs, tv, yd):  # pragma: no cover - compiled
-    """The VJP for samples ``lo..hi-1`` with one set of work arrays (see the module docstring)."""
+    """The VJP for the solved slots ``lo..hi-1`` (those with ``MASK``) with one set of work
+    arrays; slot ``b`` is row ``IDX[b]`` of the inputs and outputs (see the module docstring)."""
     n = 2 * n_pv
     m = lin_map.shape[0]
     ms = soc_map.shape[0]
     cap = K.shape[0]
     for b in range(lo, hi):
+        if not MASK[b]:
+            continue
+        i_ = IDX[b]
+        RP, RQ, PLO, PHI, QLO, QHI, C, GX = RP_[i_], RQ_[i_], PLO_[i_], PHI_[i_], QLO_[i_], QHI_[i_], C_[i_], GX_[i_]
+        RB, PLOB, PHIB, QLOB, QHIB, HB, CB = RB_[i_], PLOB_[i_], PHIB_[i_], QLOB_[i_], QHIB_[i_], HB_[i_], CB_[i_]
         # v = r - W^-1 M^T z at the solution (z from the caller's multipliers; a cone's dual is
         # aligned with its row value A x + c at the optimum)
         for k in range(n_pv):
-            v[k] = RP[b, k]
-            v[n_pv + k] = RQ[b, k]
+            v[k] = RP[k]
+            v[n_pv + k] = RQ[k]
         nF = 0
         for i in range(m):
             lam = LL[b, lin_map[i]]
@@ -162,8 +168,8 @@ def _vjp_range(lo, hi, n_pv, mp, mi, mv, bnorm, lin_map, soc_map, X, RP, RQ, LL,
             if ls > 0.0 and nF + 2 <= cap:
                 r0 = m + 2 * j
                 an = bnorm[r0]
-                u0 = C[b, soc_map[j], 0] / an  # scaled row value A_j x / |A_j| + c_j / |A_j|
-                u1 = C[b, soc_map[j], 1] / an
+                u0 = C[soc_map[j], 0] / an  # scaled row value A_j x / |A_j| + c_j / |A_j|
+                u1 = C[soc_map[j], 1] / an
                 for kk in range(mp[r0], mp[r0 + 1]):
                     u0 += mv[kk] * X[b, mi[kk]]
                 for kk in range(mp[r0 + 1], mp[r0 + 2]):
@@ -203,7 +209,7 @@ def _vjp_range(lo, hi, n_pv, mp, mi, mv, bnorm, lin_map, soc_map, X, RP, RQ, LL,
                 f += 1
         # device Jacobians at v
         for k in range(n_pv):
-            a_, b_, c_, i1, i2 = _pv_jac(v[k], v[n_pv + k], PLO[b, k], PHI[b, k], QLO[b, k], QHI[b, k], s[k],
+            a_, b_, c_, i1, i2 = _pv_jac(v[k], v[n_pv + k], PLO[k], PHI[k], QLO[k], QHI[k], s[k],
                                          haspf[k], th[k], ih[k])
             ja[k] = a_
             jb[k] = b_
@@ -234,7 +240,7 @@ def _vjp_range(lo, hi, n_pv, mp, mi, mv, bnorm, lin_map, soc_map, X, RP, RQ, LL,
             scale = max(scale, abs(K[f, f]))
             acc = 0.0
             for i in range(n):
-                acc += JMF[f, i] * GX[b, i]
+                acc += JMF[f, i] * GX[i]
             rhs[f] = acc
         for f in range(nF):
             K[f, f] += 1e-13 * scale
@@ -268,7 +274,7 @@ def _vjp_range(lo, hi, n_pv, mp, mi, mv, bnorm, lin_map, soc_map, X, RP, RQ, LL,
             rhs[col] = acc / K[col, col] if K[col, col] != 0.0 else 0.0
         # t = gx - M_F^T u; r_bar = J t
         for i in range(n):
-            tv[i] = GX[b, i]
+            tv[i] = GX[i]
         for f in range(nF):
             uf = rhs[f]
             for i in range(n):
@@ -276,13 +282,13 @@ def _vjp_range(lo, hi, n_pv, mp, mi, mv, bnorm, lin_map, soc_map, X, RP, RQ, LL,
         for k in range(n_pv):
             tp = tv[k]
             tq = tv[n_pv + k]
-            RB[b, k] = ja[k] * tp + jb[k] * tq
-            RB[b, n_pv + k] = jb[k] * tp + jc[k] * tq
+            RB[k] = ja[k] * tp + jb[k] * tq
+            RB[n_pv + k] = jb[k] * tp + jc[k] * tq
             # bound adjoints: one active box line, or a corner N x = b (b_bar = N^-T t)
-            PLOB[b, k] = 0.0
-            PHIB[b, k] = 0.0
-            QLOB[b, k] = 0.0
-            QHIB[b, k] = 0.0
+            PLOB[k] = 0.0
+            PHIB[k] = 0.0
+            QLOB[k] = 0.0
+            QHIB[k] = 0.0
             i1 = c1[k]
             i2 = c2[k]
             xp = X[b, k]
@@ -304,54 +310,59 @@ def _vjp_range(lo, hi, n_pv, mp, mi, mv, bnorm, lin_map, soc_map, X, RP, RQ, LL,
                 cid = i1 if which == 0 else i2
                 val = v1 if which == 0 else v2
                 if cid == _PLO:
-                    PLOB[b, k] += val
+                    PLOB[k] += val
                 elif cid == _PHI:
-                    PHIB[b, k] += val
+                    PHIB[k] += val
                 elif cid == _QLO:
-                    QLOB[b, k] += val
+                    QLOB[k] += val
                 elif cid == _QHI:
-                    QHIB[b, k] += val
+                    QHIB[k] += val
         # h_bar, c_bar in the caller's rows
         for f in range(nF):
             rr = rows[f]
             if rr < m:
-                HB[b, lin_map[rr]] = rhs[f] / bnorm[rr]
+                HB[lin_map[rr]] = rhs[f] / bnorm[rr]
             else:
                 j = (rr - m) // 2
-                CB[b, soc_map[j], (rr - m) % 2] = -rhs[f] / bnorm[rr]
+                CB[soc_map[j], (rr - m) % 2] = -rhs[f] / bnorm[rr]
 
 
 @njit(cache=True, parallel=True)
-def _vjp_batch(n_pv, mp, mi, mv, bnorm, lin_map, soc_map, X, RP, RQ, LL, LS, PLO, PHI, QLO, QHI, s, haspf, th, ih,
-               winv, C, S, GX, cap, n_chunks, RB, PLOB, PHIB, QLOB, QHIB, HB, CB):  # pragma: no cover - compiled
-    B = X.shape[0]
+def _vjp_batch(n_pv, mp, mi, mv, bnorm, lin_map, soc_map, IDX, MASK, X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, s, haspf,
+               th, ih, winv, C, S, GX, cap, n_chunks, RB, PLOB, PHIB, QLOB, QHIB, HB, CB):  # pragma: no cover
+    k = IDX.shape[0]
     n = 2 * n_pv
     for ch in prange(n_chunks):
-        lo = ch * B // n_chunks
-        hi = (ch + 1) * B // n_chunks
+        lo = ch * k // n_chunks
+        hi = (ch + 1) * k // n_chunks
         nn = max(n, 2)
-        _vjp_range(lo, hi, n_pv, mp, mi, mv, bnorm, lin_map, soc_map, X, RP, RQ, LL, LS, PLO, PHI, QLO, QHI, s,
-                   haspf, th, ih, winv, C, S, GX, RB, PLOB, PHIB, QLOB, QHIB, HB, CB,
+        _vjp_range(lo, hi, n_pv, mp, mi, mv, bnorm, lin_map, soc_map, IDX, MASK, X, LL, LS, RP, RQ, PLO, PHI, QLO,
+                   QHI, s, haspf, th, ih, winv, C, S, GX, RB, PLOB, PHIB, QLOB, QHIB, HB, CB,
                    np.empty(n), np.empty(n_pv), np.empty(n_pv), np.empty(n_pv), np.empty(n_pv, dtype=np.int64),
                    np.empty(n_pv, dtype=np.int64), np.empty(cap, dtype=np.int64), np.empty((cap, nn)),
                    np.empty((cap, nn)), np.empty((cap, cap)), np.empty(cap), np.empty(max(n, cap)),
                    np.empty((cap, 3)))
 
 
-def vjp_batch(qp, x, lam_lin, lam_soc, rp, rq, p_lo, p_hi, q_lo, q_hi, wp, s, t, c, S, gx, *,
-              n_chunks: int | None = None):
+def vjp_batch(qp, x, lam_lin, lam_soc, rp, rq, p_lo, p_hi, q_lo, q_hi, wp, s, t, c, S, gx, *, index=None,
+              mask=None, out=None, n_chunks: int | None = None):
     """Vector-Jacobian product of ``qp``'s solution map over a batch of solved instances.
 
     Args:
         qp: The :class:`~safedispatch.backends.structured_qp.StructuredQP` that solved them
             (inverters only: ``n_sc == 0``).
-        x, lam_lin, lam_soc: ``(B, n)``, ``(B, m)``, ``(B, m_soc)``: solutions and multipliers as
-            returned by ``solve_batch`` (OPTIMAL samples only).
+        x, lam_lin, lam_soc: ``(k, n)``, ``(k, m)``, ``(k, m_soc)``: solutions and multipliers as
+            returned by ``solve_batch`` (one row per solved instance).
         rp, rq, p_lo, p_hi, q_lo, q_hi: ``(B, n_pv)`` the instances' raw points and bounds.
         wp, s, t: ``(n_pv,)`` weights, ratings, power-factor slopes (shared).
         c: ``(B, m_soc, 2)`` cone offsets; S: ``(m_soc,)`` cone limits.
         gx: ``(B, n)`` upstream gradient w.r.t. ``x``.
-        n_chunks: Parallel chunks (default: 4 per numba thread).
+        index: ``(k,)`` the input row of each solved instance (as passed to ``solve_batch``;
+            default ``arange(B)``, then ``k = B``).
+        mask: ``(k,)`` bool, the instances to differentiate (e.g. code OPTIMAL); default all.
+        out: ``(r_bar, (p_lo_bar, p_hi_bar, q_lo_bar, q_hi_bar), h_bar, c_bar)`` float64
+            C-contiguous arrays of the shapes below to write into (rows outside ``index`` or
+            ``mask`` are left as they are); default new zero arrays.
 
     Returns:
         ``(r_bar (B, n), (p_lo_bar, p_hi_bar, q_lo_bar, q_hi_bar) (B, n_pv) each, h_bar (B, m),
@@ -368,28 +379,39 @@ def vjp_batch(qp, x, lam_lin, lam_soc, rp, rq, p_lo, p_hi, q_lo, q_hi, wp, s, t,
         raise InputError("expected a problem without scalar devices (n_sc = 0)", "qp")
     f8 = np.float64
     N, n = qp.n_pv, qp.n
-    B = np.shape(x)[0]
+    B = np.shape(rp)[0]
+    IDX = np.arange(B, dtype=np.int64) if index is None else np.ascontiguousarray(index, dtype=np.int64)
+    k = IDX.size
+    MASK = np.ones(k, dtype=np.bool_) if mask is None else np.ascontiguousarray(mask, dtype=np.bool_)
     C64 = lambda a: np.ascontiguousarray(a, dtype=f8)  # noqa: E731
     X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, CC, GX = (C64(a) for a in (x, lam_lin, lam_soc, rp, rq, p_lo, p_hi, q_lo,
                                                                      q_hi, c, gx))
-    for name, a, shp in (("x", X, (B, n)), ("lam_lin", LL, (B, qp.m)), ("lam_soc", LS, (B, qp.m_soc)),
-                         ("rp", RP, (B, N)), ("rq", RQ, (B, N)), ("p_lo", PLO, (B, N)), ("p_hi", PHI, (B, N)),
-                         ("q_lo", QLO, (B, N)), ("q_hi", QHI, (B, N)), ("c", CC, (B, qp.m_soc, 2)), ("gx", GX, (B, n))):
+    for name, a, shp in (("x", X, (k, n)), ("lam_lin", LL, (k, qp.m)), ("lam_soc", LS, (k, qp.m_soc)),
+                         ("mask", MASK, (k,)), ("rp", RP, (B, N)), ("rq", RQ, (B, N)), ("p_lo", PLO, (B, N)),
+                         ("p_hi", PHI, (B, N)), ("q_lo", QLO, (B, N)), ("q_hi", QHI, (B, N)),
+                         ("c", CC, (B, qp.m_soc, 2)), ("gx", GX, (B, n))):
         if a.shape != shp:
             raise InputError(f"expected shape {shp}, got {a.shape}", name)
+    if IDX.ndim != 1 or (k and (IDX.min() < 0 or IDX.max() >= B)):
+        raise InputError(f"expected a 1-D array of rows in [0, {B})", "index")
     t = np.asarray(t, dtype=f8)
     haspf = np.isfinite(t)
     tt = np.where(haspf, t, 0.0)
     hyp = np.hypot(1.0, tt)
     th, ih = np.where(haspf, tt / hyp, 0.0), np.where(haspf, 1.0 / hyp, 0.0)
     winv = np.tile(1.0 / np.asarray(wp, dtype=f8), 2)
-    RB = np.zeros((B, n))
-    bars = [np.zeros((B, N)) for _ in range(4)]
-    HB = np.zeros((B, qp.m))
-    CB = np.zeros((B, qp.m_soc, 2))
-    if B:
-        k = n_chunks or min(B, 4 * numba.get_num_threads())
-        _vjp_batch(N, qp._mp, qp._mi, qp._mv, qp._bnorm, qp._lin_map, qp._soc_map, X, RP, RQ, LL, LS, PLO, PHI, QLO,
-                   QHI, np.asarray(s, dtype=f8), haspf, th, ih, winv, CC, np.asarray(S, dtype=f8), GX,
-                   max(qp._cap, 2), int(k), RB, *bars, HB, CB)
+    if out is None:
+        out = (np.zeros((B, n)), tuple(np.zeros((B, N)) for _ in range(4)), np.zeros((B, qp.m)),
+               np.zeros((B, qp.m_soc, 2)))
+    RB, bars, HB, CB = out
+    for name, a, shp in (("out[0]", RB, (B, n)), ("out[1]", bars[0], (B, N)), ("out[1]", bars[1], (B, N)),
+                         ("out[1]", bars[2], (B, N)), ("out[1]", bars[3], (B, N)), ("out[2]", HB, (B, qp.m)),
+                         ("out[3]", CB, (B, qp.m_soc, 2))):
+        if a.shape != shp or a.dtype != f8 or not a.flags.c_contiguous or not a.flags.writeable:
+            raise InputError(f"expected a writeable C-contiguous float64 array of shape {shp}", name)
+    if k:
+        nch = n_chunks or min(k, 4 * numba.get_num_threads())
+        _vjp_batch(N, qp._mp, qp._mi, qp._mv, qp._bnorm, qp._lin_map, qp._soc_map, IDX, MASK, X, LL, LS, RP, RQ, PLO,
+                   PHI, QLO, QHI, np.asarray(s, dtype=f8), haspf, th, ih, winv, CC, np.asarray(S, dtype=f8), GX,
+                   max(qp._cap, 2), int(nch), RB, *bars, HB, CB)
     return RB, tuple(bars), HB, CB

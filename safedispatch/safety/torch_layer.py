@@ -193,7 +193,32 @@ class TorchSafetyLayer(nn.Module):
             st = {"qp": TorchQP(self.n_pv, self._G, self._A, self._S, self._s, self._t, self._w, device=device)}
             m = self.m
             if mod.dense:
-                st["McT"] = T(mod.Mc.T)  # (2m, 3m): [pi | qi] -> [w - ws | P | Q]
+                # h and c as one affine map of the loads: out = load_p @ Wp + load_q @ Wq + bias with
+                # columns [wmax - w | w - wmin | scr | P_0, Q_0, P_1, Q_1, ...] (one buffer, no
+                # concatenation per call); w = v0^2 + [pi | qi] McT[:, :m], pi = -load_p / sn,
+                # qi = (cap_q - load_q) / sn + b on the tree's nodes
+                McT = mod.Mc.T  # (2m, 3m): [pi | qi] -> [w - ws | P | Q]
+                nb, sn, k = self.feeder_c.n_bus, self._sn, len(self._scr)
+                Wp, Wq = np.zeros((nb, 3 * m)), np.zeros((nb, 3 * m))
+                np.add.at(Wp, self._nodes, -McT[:m] / sn)
+                np.add.at(Wq, self._nodes, -McT[m:] / sn)
+                const = (self.cap_q_mvar[self._nodes] / sn + self._b) @ McT[m:]
+                v2 = self.v_root_pu**2
+
+                def cols(W):
+                    out = np.zeros((W.shape[0], 2 * m + k + 2 * m))
+                    out[:, :m], out[:, m:2 * m] = -W[:, :m], W[:, :m]
+                    out[:, 2 * m + k::2], out[:, 2 * m + k + 1::2] = W[:, m:2 * m], W[:, 2 * m:]
+                    return out
+
+                bias = cols(const[None])[0]
+                bias[:m] += self._wmax - v2
+                bias[m:2 * m] += v2 - self._wmin
+                bias[2 * m:2 * m + k] = self._scr
+                mh = 2 * m + k  # h and c as separate (contiguous) outputs
+                Wp, Wq = cols(Wp), cols(Wq)
+                st["Wh"] = (T(Wp[:, :mh]), T(Wq[:, :mh]), T(bias[:mh]))
+                st["Wc"] = (T(Wp[:, mh:]), T(Wq[:, mh:]), T(bias[mh:]))
             else:
                 S = torch.as_tensor(mod.S, dtype=f8).to_sparse().to(device)
                 st["S_sp"], st["ST_sp"] = S, S.t().coalesce()
@@ -269,16 +294,17 @@ class TorchSafetyLayer(nn.Module):
             p_lo = torch.minimum(torch.clamp(pp_ - rp, min=0.0), p_hi)
             q_lo = torch.maximum(q_lo, pq_ - rq)
             q_hi = torch.minimum(q_hi, pq_ + rq)
-        nodes = st["nodes"]
+        if "Wh" in st:
+            (Ph, Qh, bh), (Pc, Qc, bc) = st["Wh"], st["Wc"]
+            h = torch.addmm(bh, load_p, Ph).addmm_(load_q, Qh)
+            c = torch.addmm(bc, load_p, Pc).addmm_(load_q, Qc).unflatten(1, (m, 2))
+            return (p_lo, p_hi, q_lo, q_hi), h, c
+        nodes = st["nodes"]  # sparse maps (large feeders)
         pi0 = -load_p[:, nodes] / sn
         qi0 = -(load_q - st["capq"])[:, nodes] / sn + st["b"]
-        if "McT" in st:
-            base = torch.cat([pi0, qi0], 1) @ st["McT"]
-            cw, P0, Q0 = base[:, :m], base[:, m:2 * m], base[:, 2 * m:]
-        else:
-            P0 = -torch.sparse.mm(st["S_sp"], pi0.T).T
-            Q0 = -torch.sparse.mm(st["S_sp"], qi0.T).T
-            cw = -torch.sparse.mm(st["ST_sp"], (st["r2"] * P0 + st["x2"] * Q0).T).T
+        P0 = -torch.sparse.mm(st["S_sp"], pi0.T).T
+        Q0 = -torch.sparse.mm(st["S_sp"], qi0.T).T
+        cw = -torch.sparse.mm(st["ST_sp"], (st["r2"] * P0 + st["x2"] * Q0).T).T
         cw = cw + self.v_root_pu**2
         B = load_p.shape[0]
         h = torch.cat([st["wmax"] - cw, cw - st["wmin"], st["scr"].expand(B, -1)], 1)
@@ -389,14 +415,16 @@ class TorchSafetyLayer(nn.Module):
         N = self.n_pv
         cq = self._mod.fast
         nd = lambda t: t.detach().numpy()  # noqa: E731
-        R = nd(r[todo])
-        k = R.shape[0]
+        # the full batch goes in with the rows to solve (no gathering of h and c)
+        R = nd(r)
+        RP, RQ = np.ascontiguousarray(R[:, :N]), np.ascontiguousarray(R[:, N:])
+        bn = [np.ascontiguousarray(nd(b)) for b in bnd]
+        Cn = nd(c)
+        e0 = np.zeros((R.shape[0], 0))
+        idx = todo.numpy()
+        X, code, iters, LL, LS = cq.solve_batch(RP, RQ, e0, self._w, np.zeros(0), *bn, self._s, self._t, e0, e0,
+                                                nd(h), Cn, self._S, tol=self.tol, index=idx)
         plo, phi, qlo, qhi = (b[todo] for b in bnd)
-        bn = [nd(b) for b in (plo, phi, qlo, qhi)]
-        Cn = nd(c[todo])
-        e0 = np.zeros((k, 0))
-        X, code, iters, LL, LS = cq.solve_batch(R[:, :N], R[:, N:], e0, self._w, np.zeros(0), *bn, self._s, self._t,
-                                                e0, e0, nd(h[todo]), Cn, self._S, tol=self.tol)
         xt = _onto_devices(torch.from_numpy(X), plo, phi, qlo, qhi, st["s"], torch.as_tensor(self._t))
         opt = torch.from_numpy(code == 0)
         ok_ids = todo[opt]
@@ -404,9 +432,8 @@ class TorchSafetyLayer(nn.Module):
         status[ok_ids] = int(ProjectionStatus.PROJECTED)
         grad_ok[ok_ids] = True
         # what the compiled implicit gradient needs (structured_qp_vjp.vjp_batch)
-        o = opt.numpy()
         numba_grad["ids"] = ok_ids
-        numba_grad["data"] = (xt[opt].numpy(), LL[o], LS[o], R[o, :N], R[o, N:], *(b[o] for b in bn), Cn[o])
+        numba_grad["data"] = (xt.numpy(), LL, LS, RP, RQ, *bn, Cn, idx, code == 0)
         info["torch_optimal"] = 0
         info["numba_optimal"] = int(opt.sum())
         info["iterations_max"] = int(iters.max()) if iters.size else 0
@@ -565,16 +592,11 @@ class _ProjectFn(torch.autograd.Function):
             from safedispatch.backends.structured_qp_vjp import vjp_batch
 
             layer = ctx.layer
-            ids = nb["ids"]
-            ok[ids] = False
-            X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, Cn = nb["data"]
-            rb, bb, hb, cb = vjp_batch(layer._mod.fast, X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, layer._w, layer._s,
-                                       layer._t, Cn, layer._S, gx[ids].detach().numpy())
-            r_bar[ids] = torch.from_numpy(rb)
-            for k in range(4):
-                b_bar[k][ids] = torch.from_numpy(bb[k])
-            h_bar[ids] = torch.from_numpy(hb)
-            c_bar[ids] = torch.from_numpy(cb)
+            ok[nb["ids"]] = False
+            X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, Cn, idx, mask = nb["data"]
+            vjp_batch(layer._mod.fast, X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, layer._w, layer._s, layer._t, Cn,
+                      layer._S, gx.detach().numpy(), index=idx, mask=mask,
+                      out=(r_bar.numpy(), tuple(b.numpy() for b in b_bar), h_bar.numpy(), c_bar.numpy()))
         groups = []
         ids = ok.nonzero(as_tuple=True)[0]
         if ids.numel():
