@@ -373,11 +373,16 @@ class TorchSafetyLayer(nn.Module):
             t = torch.as_tensor(self._t, dtype=r.dtype, device=dev)
             dv = torch.maximum(dv, torch.where(torch.isfinite(t), rq.abs() - t * rp, torch.full_like(rq, -1.0)))
         dev_ok = dv.amax(1) <= DEV_TOL * (1.0 + float(self._s.max()))
-        nl = (r @ st["G"].T - h).amax(1) if self._G.shape[0] else torch.zeros(B, dtype=r.dtype, device=dev)
-        if self._A.shape[0]:
-            flows = torch.einsum("jcn,bn->bjc", st["A"], r) + c
-            nl = torch.maximum(nl, (flows.norm(dim=-1) - st["S"]).amax(1))
-        unchanged = dev_ok & (nl <= FEAS_TOL)
+        # the network rows only where the devices' limits hold (often few samples)
+        unchanged = dev_ok.clone()
+        cand = dev_ok.nonzero(as_tuple=True)[0]
+        if cand.numel():
+            rc = r[cand]
+            nl = (rc @ st["G"].T - h[cand]).amax(1) if self._G.shape[0] else torch.zeros_like(rc[:, 0])
+            if self._A.shape[0]:
+                flows = torch.einsum("jcn,bn->bjc", st["A"], rc) + c[cand]
+                nl = torch.maximum(nl, (flows.norm(dim=-1) - st["S"]).amax(1))
+            unchanged[cand] = nl <= FEAS_TOL
         todo = (~unchanged).nonzero(as_tuple=True)[0]
         status[unchanged.cpu()] = int(ProjectionStatus.UNCHANGED)
         slots = [torch.zeros(B, 1, dtype=torch.long, device=dev), torch.zeros(B, 1, dtype=r.dtype, device=dev),
