@@ -100,6 +100,10 @@ _NV = 32
 #: was half the time of a 4-inverter batch solve (22.5 -> 12.0 us per instance, same iterates).
 #: Consequence: nothing in these functions may allocate; all memory comes from ``_alloc_work``.
 _NOREF = {"cache": True, "_nrt": False}
+#: most scaled rows for which the Gram matrix M M^T is kept (512 rows: 2 MiB)
+_GRAM_MAX = 512
+#: most variables for which dense copies of the rows are kept (if mostly non-zero)
+_DENSE_N_MAX = 32
 
 
 # =============================================================================================
@@ -380,24 +384,29 @@ def _dual_terms(z, g, rows, nrows, soc_of_row, Sp, m):
 
 
 @njit(**_NOREF, inline="always")
-def _row_dot(mp, mi, mv, i, x):
-    """(M x)_i with M in CSR form (the scaled network rows are sparse on large feeders: a
-    voltage or flow row only involves the inverters of its own lateral)."""
+def _row_dot(mp, mi, mv, Md, i, x):
+    """(M x)_i from the dense copy Md of M where there is one (small, dense problems: a short
+    loop the compiler vectorizes), else from M's CSR form (the scaled network rows are sparse
+    on large feeders: a voltage or flow row only involves the inverters of its own lateral)."""
     acc = 0.0
+    if Md.shape[0] > 0:
+        for k in range(x.shape[0]):
+            acc += Md[i, k] * x[k]
+        return acc
     for k in range(mp[i], mp[i + 1]):
         acc += mv[k] * x[mi[k]]
     return acc
 
 
 @njit(**_NOREF, inline="always")
-def _rows_full(x, mp, mi, mv, b, g, nrow, n):
+def _rows_full(x, mp, mi, mv, Md, b, g, nrow, n):
     """g = M x - b for every row."""
     for i in range(nrow):
-        g[i] = _row_dot(mp, mi, mv, i, x) - b[i]
+        g[i] = _row_dot(mp, mi, mv, Md, i, x) - b[i]
 
 
 @njit(**_NOREF)
-def _rows_screened(x, xref, gref, g, mp, mi, mv, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale):
+def _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale):
     """g = M x - b on the rows that may be violated; a safe upper bound elsewhere.
 
     Rows have unit norm (cone blocks unit spectral norm), so ``g_i(x) <= gref_i + ||x - xref||``:
@@ -420,7 +429,7 @@ def _rows_screened(x, xref, gref, g, mp, mi, mv, b, Sp, is_memb, m, ms, n, tol, 
         if not is_memb[r0] and _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > 0.1 * tol * Sp[j] + 1e-15 * xscale:
             need += 2
     if 4 * need > nrow:
-        _rows_full(x, mp, mi, mv, b, g, nrow, n)
+        _rows_full(x, mp, mi, mv, Md, b, g, nrow, n)
         for i in range(n):
             xref[i] = x[i]
         for i in range(nrow):
@@ -430,7 +439,7 @@ def _rows_screened(x, xref, gref, g, mp, mi, mv, b, Sp, is_memb, m, ms, n, tol, 
         if is_memb[i]:
             continue
         if gref[i] + dx > tol_lin:
-            g[i] = _row_dot(mp, mi, mv, i, x) - b[i]
+            g[i] = _row_dot(mp, mi, mv, Md, i, x) - b[i]
         else:
             g[i] = gref[i] + dx
     for j in range(ms):
@@ -438,8 +447,8 @@ def _rows_screened(x, xref, gref, g, mp, mi, mv, b, Sp, is_memb, m, ms, n, tol, 
         if is_memb[r0]:
             continue
         if _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > 0.1 * tol * Sp[j] + 1e-15 * xscale:
-            g[r0] = _row_dot(mp, mi, mv, r0, x) - b[r0]
-            g[r0 + 1] = _row_dot(mp, mi, mv, r0 + 1, x) - b[r0 + 1]
+            g[r0] = _row_dot(mp, mi, mv, Md, r0, x) - b[r0]
+            g[r0 + 1] = _row_dot(mp, mi, mv, Md, r0 + 1, x) - b[r0 + 1]
         else:
             # a vector no longer than the bound: enough for every test made on it
             nr = _norm2(gref[r0], gref[r0 + 1])
@@ -453,7 +462,7 @@ def _rows_screened(x, xref, gref, g, mp, mi, mv, b, Sp, is_memb, m, ms, n, tol, 
 
 
 @njit(**_NOREF)
-def _eval_point(zs, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, n_pv, n_sc, plo, phi, qlo, qhi, s,
+def _eval_point(zs, memb, nmr, r, w, winv, mp, mi, mv, Md, b, Sp, soc_of_row, m, n, n_pv, n_sc, plo, phi, qlo, qhi, s,
                 haspf, th, ih, elo, ehi, verts, nvert, v, xo, jkind, jtp, jtq, jk, go):
     """x(z) = Proj_D(r - W^-1 M^T z) for z supported on the working set; f(x), d(z) and the
     working-set rows of g. Returns (f, d, index of an empty device set or -1)."""
@@ -474,7 +483,7 @@ def _eval_point(zs, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, 
         f += 0.5 * w[i] * dd * dd
     for q in range(nmr):
         rr = memb[q]
-        go[rr] = _row_dot(mp, mi, mv, rr, xo) - b[rr]
+        go[rr] = _row_dot(mp, mi, mv, Md, rr, xo) - b[rr]
     d = f + _dual_terms(zs, go, memb, nmr, soc_of_row, Sp, m)
     return f, d, bad
 
@@ -681,7 +690,26 @@ def _alloc_work(n, n_pv, n_sc, nrow, msp, cap, soc_of_row):  # pragma: no cover 
         np.zeros(nr, dtype=i8), np.zeros(nr, dtype=np.bool_),                           # memb is_memb
         np.zeros(n), np.zeros(nr),                                                      # xref gref
         np.zeros((2, 7)),                                                               # gxy
+        np.zeros(_ADD_MAX, dtype=i8), np.zeros((_ADD_MAX, 3)),                          # pick_row pick_u
+        np.zeros(n), np.zeros(n_pv + n_sc + 1, dtype=i8), np.zeros(npv_), np.zeros(npv_),  # xb jkind_b jtp_b jtq_b
+        np.zeros(npv_), np.zeros(nr),                                                   # jk_b gb
     )
+
+
+@njit(**_NOREF, inline="always")
+def _keep_trial(xb, xt, jkind_b, jkind_t, jtp_b, jtp_t, jtq_b, jtq_t, jk_b, jk_t, gb, gt, memb, nmr):
+    """Keep a copy of an accepted trial point (point, Jacobians, working-set rows), so that an
+    expanding line search that overshoots returns to it without evaluating it again."""
+    for i in range(xb.shape[0]):
+        xb[i] = xt[i]
+    for k in range(jkind_b.shape[0]):
+        jkind_b[k] = jkind_t[k]
+    for k in range(jtp_b.shape[0]):
+        jtp_b[k] = jtp_t[k]
+        jtq_b[k] = jtq_t[k]
+        jk_b[k] = jk_t[k]
+    for q in range(nmr):
+        gb[memb[q]] = gt[memb[q]]
 
 
 @njit(**_NOREF, inline="always")
@@ -699,13 +727,14 @@ def _take_trial(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t):
 
 @njit(**_NOREF)
 def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av, L2,
-                rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in, ehi_in, h, c, S,
+                Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in, ehi_in, h, c, S,
                 z, use_warm, tol, max_iter, add_max, reg,
                 # work arrays
                 r, w, winv, b, Sp, plo, phi, qlo, qhi, s, haspf, th, ih, v, x, xt, g, gt, jkind, jtp, jtq, jk,
                 jkind_t, jtp_t, jtq_t, jk_t, verts, nvert, zt, fent_row, fent_kind, fent_u0, fent_u1, Bt, K, Kf, rhs,
                 dz, cand, cand_v, ecol_of, ecoef, stamp, elist, ecnt, acc_v, soc_of_row, dirv, picked, pcols, pcnt,
-                clist, memb, is_memb, xref, gref, gxy,
+                clist, memb, is_memb, xref, gref, gxy, pick_row, pick_u,
+                xb, jkind_b, jtp_b, jtq_b, jk_b, gb,
                 # outputs
                 x_out, lam_lin, lam_soc, act_lin, act_soc, kkt, info):
     """Solve one instance. Returns the internal status; fills x_out, multipliers, kkt, info.
@@ -733,6 +762,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
     nrow = m + 2 * ms
     capF = K.shape[0]
     o = 2 * n_pv
+    use_gram = Gm.shape[0] == nrow
     for k in range(info.shape[0]):
         info[k] = 0.0
     for k in range(kkt.shape[0]):
@@ -830,7 +860,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
     n_outer = 0
     # reference point of the screened row check: every row has unit norm, so
     # |g_i(x) - g_i(xref)| <= ||x - xref||: a row far from its bound needs no product
-    _rows_full(x, mp, mi, mv, b, g, nrow, n)
+    _rows_full(x, mp, mi, mv, Md, b, g, nrow, n)
     for i in range(n):
         xref[i] = x[i]
     for i in range(nrow):
@@ -887,13 +917,13 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
             # start from the warm duals only where they are the better start: the dual value
             # increases at every accepted step, and duals from an unrelated instance can sit
             # below d(0), costing iterations instead of saving them
-            ft, dt, bad = _eval_point(z, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, n_pv, n_sc,
+            ft, dt, bad = _eval_point(z, memb, nmr, r, w, winv, mp, mi, mv, Md, b, Sp, soc_of_row, m, n, n_pv, n_sc,
                                       plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in, verts, nvert, v, xt,
                                       jkind_t, jtp_t, jtq_t, jk_t, gt)
             if bad < 0 and dt >= fval:
                 fval = ft
                 _take_trial(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t)
-                _rows_full(x, mp, mi, mv, b, g, nrow, n)
+                _rows_full(x, mp, mi, mv, Md, b, g, nrow, n)
                 for i in range(n):
                     xref[i] = x[i]
                 for i in range(nrow):
@@ -974,7 +1004,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                         cand[nc] = r0
                         cand_v[nc] = vj
                         nc += 1
-            for pq in range(npick_prev):
+            for pq in range(npick_prev if not use_gram else 0):
                 for t in range(pcnt[pq]):
                     picked[pq, pcols[pq, t]] = 0.0
             nadd = 0
@@ -992,48 +1022,78 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                 nc -= 1
                 if rr >= m and nmr + 2 > capF:
                     continue  # no room for a cone row's pair
-                # the candidate's unit direction, sparse: dirv (all-zero outside) on the columns clist
-                cnt = 0
-                nrows = 1 if rr < m else 2
                 u0 = 1.0
                 u1 = 0.0
                 if rr >= m:
                     ng = _norm2(g[rr], g[rr + 1])
                     u0 = g[rr] / ng
                     u1 = g[rr + 1] / ng
-                nn = 0.0
-                for t in range(nrows):
-                    cf = u0 if t == 0 else u1
-                    for kk in range(mp[rr + t], mp[rr + t + 1]):
-                        col = mi[kk]
-                        if stamp[col] != -2:
-                            stamp[col] = -2
-                            clist[cnt] = col
-                            cnt += 1
-                        dirv[col] += cf * mv[kk]
-                for t in range(cnt):
-                    stamp[clist[t]] = -1
-                    nn += dirv[clist[t]] * dirv[clist[t]]
-                nn = math.sqrt(nn)
                 parallel = False
-                if nn > 0.0:
+                if use_gram:
+                    # |cos| between the candidate's direction (u0 M_rr [+ u1 M_rr+1]) and each
+                    # picked one, from the Gram matrix of the rows
+                    if rr < m:
+                        nn = math.sqrt(Gm[rr, rr])
+                    else:
+                        nn = math.sqrt(max(0.0, u0 * u0 * Gm[rr, rr] + 2.0 * u0 * u1 * Gm[rr, rr + 1]
+                                           + u1 * u1 * Gm[rr + 1, rr + 1]))
+                    if nn > 0.0:
+                        for pq in range(npick):
+                            pr = pick_row[pq]
+                            p0 = pick_u[pq, 0]
+                            p1 = pick_u[pq, 1]
+                            acc = u0 * p0 * Gm[rr, pr]
+                            if pr >= m:
+                                acc += u0 * p1 * Gm[rr, pr + 1]
+                            if rr >= m:
+                                acc += u1 * p0 * Gm[rr + 1, pr]
+                                if pr >= m:
+                                    acc += u1 * p1 * Gm[rr + 1, pr + 1]
+                            if abs(acc) > 0.9 * nn * pick_u[pq, 2]:
+                                parallel = True
+                                break
+                        if not parallel and npick < pick_row.shape[0]:
+                            pick_row[npick] = rr
+                            pick_u[npick, 0] = u0
+                            pick_u[npick, 1] = u1
+                            pick_u[npick, 2] = nn
+                            npick += 1
+                else:
+                    # the candidate's unit direction, sparse: dirv (all-zero outside) on the columns clist
+                    cnt = 0
+                    nrows = 1 if rr < m else 2
+                    nn = 0.0
+                    for t in range(nrows):
+                        cf = u0 if t == 0 else u1
+                        for kk in range(mp[rr + t], mp[rr + t + 1]):
+                            col = mi[kk]
+                            if stamp[col] != -2:
+                                stamp[col] = -2
+                                clist[cnt] = col
+                                cnt += 1
+                            dirv[col] += cf * mv[kk]
                     for t in range(cnt):
-                        dirv[clist[t]] /= nn
-                    for pq in range(npick):
-                        acc = 0.0
+                        stamp[clist[t]] = -1
+                        nn += dirv[clist[t]] * dirv[clist[t]]
+                    nn = math.sqrt(nn)
+                    if nn > 0.0:
                         for t in range(cnt):
-                            acc += picked[pq, clist[t]] * dirv[clist[t]]
-                        if abs(acc) > 0.9:
-                            parallel = True
-                            break
-                if not parallel and npick < picked.shape[0]:
+                            dirv[clist[t]] /= nn
+                        for pq in range(npick):
+                            acc = 0.0
+                            for t in range(cnt):
+                                acc += picked[pq, clist[t]] * dirv[clist[t]]
+                            if abs(acc) > 0.9:
+                                parallel = True
+                                break
+                    if not parallel and npick < picked.shape[0]:
+                        for t in range(cnt):
+                            picked[npick, clist[t]] = dirv[clist[t]]
+                            pcols[npick, t] = clist[t]
+                        pcnt[npick] = cnt
+                        npick += 1
                     for t in range(cnt):
-                        picked[npick, clist[t]] = dirv[clist[t]]
-                        pcols[npick, t] = clist[t]
-                    pcnt[npick] = cnt
-                    npick += 1
-                for t in range(cnt):
-                    dirv[clist[t]] = 0.0
+                        dirv[clist[t]] = 0.0
                 if parallel:
                     continue
                 memb[nmr] = rr
@@ -1111,13 +1171,14 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                     # projected Armijo search on d; expanding while d grows linearly
                     alpha = 1.0
                     best_d = dval
+                    best_f = fval
                     best_alpha = 0.0
                     expanding = False
                     for _ls in range(60):
                         _set_trial(alpha, nF, fent_row, fent_kind, fent_u0, fent_u1, dz, z, zt, memb, nmr)
-                        ft, dt, bad = _eval_point(zt, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, n_pv,
-                                                  n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in, verts,
-                                                  nvert, v, xt, jkind_t, jtp_t, jtq_t, jk_t, gt)
+                        ft, dt, bad = _eval_point(zt, memb, nmr, r, w, winv, mp, mi, mv, Md, b, Sp, soc_of_row, m, n,
+                                                  n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in,
+                                                  verts, nvert, v, xt, jkind_t, jtp_t, jtq_t, jk_t, gt)
                         # predicted increase: linear smooth part + exact change of -S||y||
                         pred = 0.0
                         q = 0
@@ -1138,6 +1199,9 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                                 best_d = dt
                                 best_alpha = alpha
                                 accepted = True
+                                best_f = ft
+                                _keep_trial(xb, xt, jkind_b, jkind_t, jtp_b, jtp_t, jtq_b, jtq_t, jk_b, jk_t, gb, gt,
+                                            memb, nmr)
                                 if alpha == 1.0 and pred > 0.0 and dt - dval >= 0.9 * pred and dt <= f_up:
                                     expanding = True
                                     alpha = 4.0
@@ -1150,6 +1214,9 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                             if ok_ls and dt > best_d and dt - dval >= 0.9 * pred:
                                 best_d = dt
                                 best_alpha = alpha
+                                best_f = ft
+                                _keep_trial(xb, xt, jkind_b, jkind_t, jtp_b, jtp_t, jtq_b, jtq_t, jk_b, jk_t, gb, gt,
+                                            memb, nmr)
                                 if dt > f_up:
                                     break
                                 alpha *= 4.0
@@ -1168,18 +1235,16 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                             theta = min(theta * 2.0, 1e4)
                     if accepted:
                         if best_alpha != alpha:
-                            # the last evaluation was another alpha: evaluate the accepted one again
+                            # the last evaluation was another alpha: the accepted step's duals (its
+                            # point, rows and Jacobians were kept when it was accepted)
                             _set_trial(best_alpha, nF, fent_row, fent_kind, fent_u0, fent_u1, dz, z, zt, memb, nmr)
-                            ft, dt, bad = _eval_point(zt, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n,
-                                                      n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in,
-                                                      verts, nvert, v, xt, jkind_t, jtp_t, jtq_t, jk_t, gt)
                         for q in range(nmr):
                             rr = memb[q]
                             z[rr] = zt[rr]
-                            g[rr] = gt[rr]
-                        _take_trial(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t)
-                        fval = ft
-                        dval = dt
+                            g[rr] = gb[rr]
+                        _take_trial(x, xb, jkind, jkind_b, jtp, jtp_b, jtq, jtq_b, jk, jk_b)
+                        fval = best_f
+                        dval = best_d
                 if not accepted:
                     # safeguard: a proximal-gradient ascent step with step 1/L on the working set
                     n_fb += 1
@@ -1203,11 +1268,16 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                                 z[rr] = y0 * (1.0 - thr / ny)
                                 z[rr + 1] = y1 * (1.0 - thr / ny)
                             q += 2
-                    fval, dval, bad = _eval_point(z, memb, nmr, r, w, winv, mp, mi, mv, b, Sp, soc_of_row, m, n, n_pv,
-                                                  n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in, verts,
-                                                  nvert, v, x, jkind, jtp, jtq, jk, g)
+                    fval, dval, bad = _eval_point(z, memb, nmr, r, w, winv, mp, mi, mv, Md, b, Sp, soc_of_row, m, n,
+                                                  n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in,
+                                                  verts, nvert, v, x, jkind, jtp, jtq, jk, g)
             # ---- every row again (screened) -----------------------------------------------------
-            _rows_screened(x, xref, gref, g, mp, mi, mv, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale)
+            _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale)
+        # picked rows of the last round back to zero (the next solve with these work arrays
+        # starts from npick_prev = 0)
+        for pq in range(npick_prev if not use_gram else 0):
+            for t in range(pcnt[pq]):
+                picked[pq, pcols[pq, t]] = 0.0
 
     # ---- outputs in the caller's units and the KKT check ------------------------------------
     fin = True
@@ -1257,14 +1327,14 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
     comp_v = 0.0
     lag = fval
     for i in range(mo):
-        acc = _row_dot(gp, gi_, gv, i, x) - h[i]
+        acc = _row_dot(gp, gi_, gv, Gd, i, x) - h[i]
         p_lin = max(p_lin, acc)
         comp_v = max(comp_v, abs(lam_lin[i] * acc))
         lag += lam_lin[i] * acc
     p_soc = 0.0
     for j in range(mso):
-        a0 = _row_dot(ap, ai, av, 2 * j, x) + c[j, 0]
-        a1 = _row_dot(ap, ai, av, 2 * j + 1, x) + c[j, 1]
+        a0 = _row_dot(ap, ai, av, Ad, 2 * j, x) + c[j, 0]
+        a1 = _row_dot(ap, ai, av, Ad, 2 * j + 1, x) + c[j, 1]
         na = _norm2(a0, a1)
         p_soc = max(p_soc, (na - S[j]) / S[j])
         comp_v = max(comp_v, lam_soc[j] * abs(na - S[j]))
@@ -1391,9 +1461,9 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
 
 @njit(**_NOREF)
 def _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai,
-                 av, L2, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol, max_iter, add_max, reg,
-                 X, LAM_LIN, LAM_SOC, CODE, ITERS, z, x, lam_lin, lam_soc, act_lin, act_soc, kkt, info, work,
-                 warm_start, IDX):  # pragma: no cover - compiled
+                 av, L2, Gm, Md, Gd, Ad, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol,
+                 max_iter, add_max, reg, X, LAM_LIN, LAM_SOC, CODE, ITERS, z, x, lam_lin, lam_soc, act_lin, act_soc,
+                 kkt, info, work, warm_start, IDX):  # pragma: no cover - compiled
     """:func:`_solve_core` on the instances ``IDX[lo..hi-1]`` of a batch with one set of work arrays
     (outputs in rows ``lo..hi-1``); with ``warm_start`` each solve starts from the previous one's
     duals (kept only when they are the better start, see ``_solve_core``). Compiled without
@@ -1405,8 +1475,8 @@ def _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_l
     for b in range(lo, hi):
         i = IDX[b]
         code = _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap,
-                           ai, av, L2, RP[i], RQ[i], RE[i], wp, we, PLO[i], PHI[i], QLO[i], QHI[i], s, t, ELO[i],
-                           EHI[i], H[i], C[i], S, z, warm, tol, max_iter, add_max, reg, *work, x, lam_lin,
+                           ai, av, L2, Gm, Md, Gd, Ad, RP[i], RQ[i], RE[i], wp, we, PLO[i], PHI[i], QLO[i], QHI[i],
+                           s, t, ELO[i], EHI[i], H[i], C[i], S, z, warm, tol, max_iter, add_max, reg, *work, x, lam_lin,
                            lam_soc, act_lin, act_soc, kkt, info)
         warm = warm_start and code == 0
         CODE[b] = code
@@ -1421,8 +1491,8 @@ def _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_l
 
 @njit(cache=True, parallel=True)
 def _solve_batch(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av, L2,
-                 RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol, max_iter, add_max, reg,
-                 nrow, msp, cap, soc_of_row, n_chunks, X, LAM_LIN, LAM_SOC, CODE, ITERS, warm_start,
+                 Gm, Md, Gd, Ad, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol, max_iter,
+                 add_max, reg, nrow, msp, cap, soc_of_row, n_chunks, X, LAM_LIN, LAM_SOC, CODE, ITERS, warm_start,
                  IDX):  # pragma: no cover
     """:func:`_solve_range` over a batch (the rows ``IDX`` of the capitalized input arrays), split
     into ``n_chunks`` contiguous chunks solved in parallel, each with its own work arrays."""
@@ -1443,9 +1513,9 @@ def _solve_batch(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero
         kkt = np.empty(8)
         info = np.empty(8)
         _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai,
-                     av, L2, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol, max_iter, add_max,
-                     reg, X, LAM_LIN, LAM_SOC, CODE, ITERS, z, x, lam_lin, lam_soc, act_lin, act_soc, kkt, info, work,
-                     warm_start, IDX)
+                     av, L2, Gm, Md, Gd, Ad, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol,
+                     max_iter, add_max, reg, X, LAM_LIN, LAM_SOC, CODE, ITERS, z, x, lam_lin, lam_soc, act_lin, act_soc,
+                     kkt, info, work, warm_start, IDX)
 
 
 # =============================================================================================
@@ -1614,6 +1684,17 @@ class StructuredQP:
         self._bnorm = np.concatenate([gn[self._lin_map], np.repeat(an[self._soc_map], 2)])
         # Lipschitz constant of the dual gradient is ||M W^-1/2||^2 <= max(1/w) ||M||^2
         self._L2 = float(np.linalg.norm(M, 2) ** 2) if nrow else 1.0
+        # Gram matrix of the scaled rows, for the near-parallel test of the working-set candidates
+        # (a lookup instead of two sparse rows per test: that test was ~20 % of a 4-inverter
+        # solve); only where it is small, else the test goes through the sparse rows
+        self._gram = M @ M.T if 0 < nrow <= _GRAM_MAX else np.zeros((0, 0))
+        # dense copies of M and of the caller's G and A where they are small and mostly non-zero
+        # (4 inverters: every row involves every inverter): row products as short vectorized
+        # loops instead of indexed CSR ones
+        dense = n <= _DENSE_N_MAX and nrow > 0 and np.count_nonzero(M) >= 0.5 * M.size
+        e0 = np.zeros((0, 0))
+        self._dense = (self._gram, M if dense else e0, G.copy() if dense and self.m else e0,
+                       A.reshape(2 * self.m_soc, n).copy() if dense and self.m_soc else e0)
         self._nrow = nrow
         self._soc_of_row = np.zeros(nrow, dtype=np.int64)
         if msp:
@@ -1625,7 +1706,7 @@ class StructuredQP:
         self._zero_z = np.zeros(nrow)
         # for solve_unchecked: the static arguments and output buffers, packed once
         self._static = (n_pv, n_sc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map,
-                        self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2)
+                        self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2, *self._dense)
         self._out = (np.empty(n), np.empty(self.m), np.empty(self.m_soc), np.empty(self.m, dtype=np.bool_),
                      np.empty(self.m_soc, dtype=np.bool_), np.empty(len(_KKT_NAMES)), np.empty(8))
         self._empty_c = np.zeros((0, 2))
@@ -1709,7 +1790,7 @@ class StructuredQP:
         kkt = np.empty(len(_KKT_NAMES))
         info = np.empty(8)
         code = _solve_core(npv, nsc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map,
-                           self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2,
+                           self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2, *self._dense,
                            rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
                            z, use_warm, float(tol), int(max_iter), self.add_max, self.reg, *self._work,
                            x, lam_lin, lam_soc, act_lin, act_soc, kkt, info)

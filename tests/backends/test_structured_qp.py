@@ -493,6 +493,41 @@ def test_solve_batch_equals_solve(feeders, case, n_sc):
                        st["q_hi"], d0["s"], d0["t"], st["e_lo"], st["e_hi"], st["h"], st["c"], d0["S"])
 
 
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_batch_solve_does_not_depend_on_the_other_instances(feeders, monkeypatch, path):
+    """An instance's iterates do not depend on what was solved before it with the same work
+    arrays: solving a batch in one chunk gives every instance the iterations and the answer it
+    gets alone. Both row paths: the dense one (small feeders: dense rows and a Gram matrix for
+    the working-set choice) and the sparse one (large feeders), which also agree with each other.
+    (The sparse path once leaked the last round's picked rows into the next solve.)"""
+    import safedispatch.backends.structured_qp as sq
+
+    fi, qp_default = feeders("ieee33-paperB-4", 0)
+    assert qp_default._dense[1].size > 0  # 4 inverters: the dense path is the default
+    if path == "sparse":
+        monkeypatch.setattr(sq, "_GRAM_MAX", 0)
+        monkeypatch.setattr(sq, "_DENSE_N_MAX", 0)
+    qp = StructuredQP(fi.n_pv, 0, fi.G, fi.A)
+    assert (qp._dense[0].size > 0) == (path == "dense") and (qp._dense[1].size > 0) == (path == "dense")
+    rng = np.random.default_rng(11)
+    inst = [fi.instance(rng, mode=("over", "wild", "mixed")[k % 3], pf=k % 2 == 1) for k in range(60)]
+    d0 = inst[0]
+    keys = ("rp", "rq", "re", "p_lo", "p_hi", "q_lo", "q_hi", "e_lo", "e_hi", "h", "c")
+    st = {k: np.stack([d[k] for d in inst]) for k in keys}
+    args = (st["rp"], st["rq"], st["re"], d0["wp"], d0["we"], st["p_lo"], st["p_hi"], st["q_lo"], st["q_hi"],
+            d0["s"], d0["t"], st["e_lo"], st["e_hi"], st["h"], st["c"], d0["S"])
+    X, code, iters, _, _ = qp.solve_batch(*args, n_chunks=1)
+    assert (code == 0).sum() >= 50 and iters.max() >= 3  # real projections, not feasible raw points
+    for b in range(len(inst)):
+        Xb, cb, ib, _, _ = qp.solve_batch(*args, index=[b])
+        assert (cb[0], ib[0]) == (code[b], iters[b]), b
+        np.testing.assert_array_equal(Xb[0], X[b])
+    Xd, cd, _, _, _ = qp_default.solve_batch(*args)
+    ok = (cd == 0) & (code == 0)
+    assert ok.sum() >= 50
+    assert np.max(np.abs(Xd[ok] - X[ok])) <= 1e-7
+
+
 def test_solve_unchecked_equals_solve(feeders):
     """The hot-path entry returns solve()'s answer, carries the duals in the caller's z, and
     reports invalid values as -1 instead of raising."""
