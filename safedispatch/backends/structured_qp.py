@@ -89,6 +89,11 @@ _KKT_NAMES = ("primal_lin", "primal_soc_rel", "device", "dual", "complementarity
               "gap_rel", "gap")
 #: Armijo sufficient-increase constant
 _SIGMA = 1e-4
+#: tolerance of the cone rows (feasibility and alignment of A x + c with the multiplier) as a
+#: fraction of ``tol``, relative to S: half, so the final KKT check (``tol``) holds with a
+#: margin. (A tenth cost a Newton iteration or two per solve with an active cone row: the
+#: alignment residual's rounding floor on the 33-bus feeders is about 1e-10 S.)
+_SOC_TOL = 0.5
 #: most violated rows added to the working set per Newton iteration
 _ADD_MAX = 16
 #: corner slots per inverter in the ``verts`` work array (at most 15 line-line and 12 line-circle
@@ -426,7 +431,7 @@ def _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, t
             need += 1
     for j in range(ms):
         r0 = m + 2 * j
-        if not is_memb[r0] and _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > 0.1 * tol * Sp[j] + 1e-15 * xscale:
+        if not is_memb[r0] and _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xscale:
             need += 2
     if 4 * need > nrow:
         _rows_full(x, mp, mi, mv, Md, b, g, nrow, n)
@@ -446,7 +451,7 @@ def _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, t
         r0 = m + 2 * j
         if is_memb[r0]:
             continue
-        if _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > 0.1 * tol * Sp[j] + 1e-15 * xscale:
+        if _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xscale:
             g[r0] = _row_dot(mp, mi, mv, Md, r0, x) - b[r0]
             g[r0 + 1] = _row_dot(mp, mi, mv, Md, r0 + 1, x) - b[r0 + 1]
         else:
@@ -472,9 +477,13 @@ def _eval_point(zs, memb, nmr, r, w, winv, mp, mi, mv, Md, b, Sp, soc_of_row, m,
         rr = memb[q]
         zr = zs[rr]
         if zr != 0.0:
-            for k in range(mp[rr], mp[rr + 1]):
-                col = mi[k]
-                v[col] -= zr * winv[col] * mv[k]
+            if Md.shape[0] > 0:
+                for col in range(n):
+                    v[col] -= zr * winv[col] * Md[rr, col]
+            else:
+                for k in range(mp[rr], mp[rr + 1]):
+                    col = mi[k]
+                    v[col] -= zr * winv[col] * mv[k]
     bad = _project_all(v, xo, jkind, jtp, jtq, jk, n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo, ehi,
                        verts, nvert)
     f = 0.0
@@ -518,14 +527,15 @@ def _set_trial(alpha, nF, fent_row, fent_kind, fent_u0, fent_u1, dz, z, zt, memb
 
 
 @njit(**_NOREF)
-def _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv, Sp, soc_of_row, n_pv, n_sc, jkind,
+def _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv, Md, Sp, soc_of_row, n_pv, n_sc, jkind,
                 jtp, jtq, jk, winv, winv_max, xscale, theta, ecol_of, ecoef, stamp, elist, ecnt, acc_v, Bt, K, Kf, dz):
     """Solve (B J W^-1 B^T + C + delta I) dz = rhs for the working-set entries.
 
     B J W^-1 B^T = Bt Bt^T with Bt = B J^(1/2) W^(-1/2) on the effective columns: two per
     interior inverter, one per inverter on a smooth boundary piece, one per free scalar device,
     none at corners. Bt's rows are kept sparse (the rows of B are), so the product costs
-    O(nF^2 nnz) rather than O(nF^2 n). C is the curvature of -S||y|| of the active cone rows.
+    O(nF^2 nnz) rather than O(nF^2 n); dense (plain loops) where M has a dense copy. C is the
+    curvature of -S||y|| of the active cone rows.
 
     Returns (ok, rhs.dz, delta ||dz||^2): the last two give the quadratic model's predicted
     increase, 0.5 (rhs.dz + delta ||dz||^2) for the full step.
@@ -558,47 +568,76 @@ def _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv, S
             ne += 1
         else:
             ecol_of[o + i] = -1
-    for e in range(nF):
-        rr = fent_row[e]
-        cnt = 0
-        nrows = 2 if fent_kind[e] == 3 else 1
-        for t in range(nrows):
-            row = rr + t
-            cf = 1.0
+    if Md.shape[0] > 0:
+        # dense rows (small problems): Bt and K = Bt Bt^T as plain loops over the ne columns
+        for e in range(nF):
+            rr = fent_row[e]
+            for q in range(ne):
+                Bt[e, q] = 0.0
             if fent_kind[e] == 3:
-                cf = fent_u0[e] if t == 0 else fent_u1[e]
-            for kk in range(mp[row], mp[row + 1]):
-                col = mi[kk]
-                q = ecol_of[col]
-                if q < 0:
-                    continue
-                val = cf * ecoef[col] * mv[kk]
-                if stamp[q] != e:
-                    stamp[q] = e
-                    elist[e, cnt] = q
-                    cnt += 1
-                    Bt[e, q] = val
-                else:
-                    Bt[e, q] += val
-        ecnt[e] = cnt
-        for t in range(cnt):
-            stamp[elist[e, t]] = -1
-    gmax = 0.0
-    dmax = 0.0
-    for e in range(nF):
-        gmax = max(gmax, abs(rhs[e]))
-        # row e scattered into acc_v (kept all-zero outside), dotted with the sparse rows f <= e
-        for t in range(ecnt[e]):
-            acc_v[elist[e, t]] = Bt[e, elist[e, t]]
-        for f2 in range(e + 1):
-            acc = 0.0
-            for t in range(ecnt[f2]):
-                q = elist[f2, t]
-                acc += Bt[f2, q] * acc_v[q]
-            K[e, f2] = acc
-        for t in range(ecnt[e]):
-            acc_v[elist[e, t]] = 0.0
-        dmax = max(dmax, K[e, e])
+                c0 = fent_u0[e]
+                c1 = fent_u1[e]
+                for col in range(o + n_sc):
+                    q = ecol_of[col]
+                    if q >= 0:
+                        Bt[e, q] += ecoef[col] * (c0 * Md[rr, col] + c1 * Md[rr + 1, col])
+            else:
+                for col in range(o + n_sc):
+                    q = ecol_of[col]
+                    if q >= 0:
+                        Bt[e, q] += ecoef[col] * Md[rr, col]
+        gmax = 0.0
+        dmax = 0.0
+        for e in range(nF):
+            gmax = max(gmax, abs(rhs[e]))
+            for f2 in range(e + 1):
+                acc = 0.0
+                for q in range(ne):
+                    acc += Bt[e, q] * Bt[f2, q]
+                K[e, f2] = acc
+            dmax = max(dmax, K[e, e])
+    else:
+        for e in range(nF):
+            rr = fent_row[e]
+            cnt = 0
+            nrows = 2 if fent_kind[e] == 3 else 1
+            for t in range(nrows):
+                row = rr + t
+                cf = 1.0
+                if fent_kind[e] == 3:
+                    cf = fent_u0[e] if t == 0 else fent_u1[e]
+                for kk in range(mp[row], mp[row + 1]):
+                    col = mi[kk]
+                    q = ecol_of[col]
+                    if q < 0:
+                        continue
+                    val = cf * ecoef[col] * mv[kk]
+                    if stamp[q] != e:
+                        stamp[q] = e
+                        elist[e, cnt] = q
+                        cnt += 1
+                        Bt[e, q] = val
+                    else:
+                        Bt[e, q] += val
+            ecnt[e] = cnt
+            for t in range(cnt):
+                stamp[elist[e, t]] = -1
+        gmax = 0.0
+        dmax = 0.0
+        for e in range(nF):
+            gmax = max(gmax, abs(rhs[e]))
+            # row e scattered into acc_v (kept all-zero outside), dotted with the sparse rows f <= e
+            for t in range(ecnt[e]):
+                acc_v[elist[e, t]] = Bt[e, elist[e, t]]
+            for f2 in range(e + 1):
+                acc = 0.0
+                for t in range(ecnt[f2]):
+                    q = elist[f2, t]
+                    acc += Bt[f2, q] * acc_v[q]
+                K[e, f2] = acc
+            for t in range(ecnt[e]):
+                acc_v[elist[e, t]] = 0.0
+            dmax = max(dmax, K[e, e])
     e = 0
     while e < nF:
         if fent_kind[e] == 1:
@@ -697,32 +736,20 @@ def _alloc_work(n, n_pv, n_sc, nrow, msp, cap, soc_of_row):  # pragma: no cover 
 
 
 @njit(**_NOREF, inline="always")
-def _keep_trial(xb, xt, jkind_b, jkind_t, jtp_b, jtp_t, jtq_b, jtq_t, jk_b, jk_t, gb, gt, memb, nmr):
-    """Keep a copy of an accepted trial point (point, Jacobians, working-set rows), so that an
-    expanding line search that overshoots returns to it without evaluating it again."""
-    for i in range(xb.shape[0]):
-        xb[i] = xt[i]
-    for k in range(jkind_b.shape[0]):
-        jkind_b[k] = jkind_t[k]
-    for k in range(jtp_b.shape[0]):
-        jtp_b[k] = jtp_t[k]
-        jtq_b[k] = jtq_t[k]
-        jk_b[k] = jk_t[k]
+def _copy_point(xd, xs, jkind_d, jkind_s, jtp_d, jtp_s, jtq_d, jtq_s, jk_d, jk_s, gd, gs, memb, nmr):
+    """Copy a point, its device Jacobians and its first ``nmr`` working-set rows (``s`` -> ``d``):
+    a trial point made current, or an accepted one kept while the line search tries a longer
+    step (so it need not be evaluated again)."""
+    for i in range(xd.shape[0]):
+        xd[i] = xs[i]
+    for k in range(jkind_d.shape[0]):
+        jkind_d[k] = jkind_s[k]
+    for k in range(jtp_d.shape[0]):
+        jtp_d[k] = jtp_s[k]
+        jtq_d[k] = jtq_s[k]
+        jk_d[k] = jk_s[k]
     for q in range(nmr):
-        gb[memb[q]] = gt[memb[q]]
-
-
-@njit(**_NOREF, inline="always")
-def _take_trial(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t):
-    """Make the trial point (and its device Jacobians) the current one."""
-    for i in range(x.shape[0]):
-        x[i] = xt[i]
-    for k in range(jkind.shape[0]):
-        jkind[k] = jkind_t[k]
-    for k in range(jtp.shape[0]):
-        jtp[k] = jtp_t[k]
-        jtq[k] = jtq_t[k]
-        jk[k] = jk_t[k]
+        gd[memb[q]] = gs[memb[q]]
 
 
 @njit(**_NOREF)
@@ -872,7 +899,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
             feas0 = False
     for j in range(ms):
         r0 = m + 2 * j
-        if _norm2(g[r0], g[r0 + 1]) - Sp[j] > 0.1 * tol * Sp[j] + 1e-15 * xscale:
+        if _norm2(g[r0], g[r0 + 1]) - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xscale:
             feas0 = False
     if pre >= 0:
         for i in range(nrow):
@@ -922,7 +949,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                                       jkind_t, jtp_t, jtq_t, jk_t, gt)
             if bad < 0 and dt >= fval:
                 fval = ft
-                _take_trial(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t)
+                _copy_point(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t, g, gt, memb, 0)
                 _rows_full(x, mp, mi, mv, Md, b, g, nrow, n)
                 for i in range(n):
                     xref[i] = x[i]
@@ -949,7 +976,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                     comp = max(comp, abs(gi))
             for j in range(ms):
                 r0 = m + 2 * j
-                tj = 0.1 * tol * Sp[j] + 1e-15 * xscale
+                tj = _SOC_TOL * tol * Sp[j] + 1e-15 * xscale
                 if _norm2(g[r0], g[r0 + 1]) - Sp[j] > tj:
                     socok = False
                 if z[r0] != 0.0 or z[r0 + 1] != 0.0:
@@ -1000,7 +1027,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                 r0 = m + 2 * j
                 if not is_memb[r0]:
                     vj = _norm2(g[r0], g[r0 + 1]) - Sp[j]
-                    if vj > 0.1 * tol * Sp[j] + 1e-15 * xscale:
+                    if vj > _SOC_TOL * tol * Sp[j] + 1e-15 * xscale:
                         cand[nc] = r0
                         cand_v[nc] = vj
                         nc += 1
@@ -1129,7 +1156,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                         j = soc_of_row[rr]
                         y0 = z[rr]
                         y1 = z[rr + 1]
-                        tj = 0.1 * tol * Sp[j] + 1e-15 * xscale
+                        tj = _SOC_TOL * tol * Sp[j] + 1e-15 * xscale
                         ng = _norm2(g[rr], g[rr + 1])
                         if y0 != 0.0 or y1 != 0.0:
                             ny = _norm2(y0, y1)
@@ -1161,7 +1188,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                 nF_max = max(nF_max, nF)
 
                 # Newton system (B J W^-1 B^T + C + delta I) dz = grad_F
-                ok_newton, gtd, ddn = _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv,
+                ok_newton, gtd, ddn = _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv, Md,
                                                   Sp, soc_of_row, n_pv, n_sc, jkind, jtp, jtq, jk, winv, winv_max,
                                                   xscale, theta, ecol_of, ecoef, stamp, elist, ecnt, acc_v, Bt, K,
                                                   Kf, dz)
@@ -1200,7 +1227,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                                 best_alpha = alpha
                                 accepted = True
                                 best_f = ft
-                                _keep_trial(xb, xt, jkind_b, jkind_t, jtp_b, jtp_t, jtq_b, jtq_t, jk_b, jk_t, gb, gt,
+                                _copy_point(xb, xt, jkind_b, jkind_t, jtp_b, jtp_t, jtq_b, jtq_t, jk_b, jk_t, gb, gt,
                                             memb, nmr)
                                 if alpha == 1.0 and pred > 0.0 and dt - dval >= 0.9 * pred and dt <= f_up:
                                     expanding = True
@@ -1215,7 +1242,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                                 best_d = dt
                                 best_alpha = alpha
                                 best_f = ft
-                                _keep_trial(xb, xt, jkind_b, jkind_t, jtp_b, jtp_t, jtq_b, jtq_t, jk_b, jk_t, gb, gt,
+                                _copy_point(xb, xt, jkind_b, jkind_t, jtp_b, jtp_t, jtq_b, jtq_t, jk_b, jk_t, gb, gt,
                                             memb, nmr)
                                 if dt > f_up:
                                     break
@@ -1242,7 +1269,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                             rr = memb[q]
                             z[rr] = zt[rr]
                             g[rr] = gb[rr]
-                        _take_trial(x, xb, jkind, jkind_b, jtp, jtp_b, jtq, jtq_b, jk, jk_b)
+                        _copy_point(x, xb, jkind, jkind_b, jtp, jtp_b, jtq, jtq_b, jk, jk_b, g, gb, memb, 0)
                         fval = best_f
                         dval = best_d
                 if not accepted:
