@@ -1487,6 +1487,32 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
 
 
 @njit(**_NOREF)
+def _solve_restart(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av, L2,
+                   Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in, ehi_in, h,
+                   c, S, z, use_warm, tol, max_iter, add_max, reg, work, x_out, lam_lin, lam_soc, act_lin, act_soc, kkt,
+                   info):  # pragma: no cover - compiled
+    """:func:`_solve_core` with one restart: a solve that reaches its iteration limit (a stall of
+    the damping adaptation, about 1 in 10 000 random 4-inverter instances) is solved again
+    from zero duals with a hundredth of the start damping, which converged on every stalled
+    instance we found in under 20 iterations. The first attempt gets three quarters of
+    ``max_iter``, the restart the rest; ``info[0]`` counts both."""
+    it_first = max_iter - max_iter // 4
+    code = _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av,
+                       L2, Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in,
+                       ehi_in, h, c, S, z, use_warm, tol, it_first, add_max, reg, *work, x_out, lam_lin, lam_soc,
+                       act_lin, act_soc, kkt, info)
+    if code != _ST_MAXIT or max_iter // 4 == 0:
+        return code
+    it1 = info[0]
+    code = _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av,
+                       L2, Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in,
+                       ehi_in, h, c, S, z, False, tol, max_iter // 4, add_max, reg * 1e-2, *work, x_out, lam_lin,
+                       lam_soc, act_lin, act_soc, kkt, info)
+    info[0] += it1
+    return code
+
+
+@njit(**_NOREF)
 def _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai,
                  av, L2, Gm, Md, Gd, Ad, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol,
                  max_iter, add_max, reg, X, LAM_LIN, LAM_SOC, CODE, ITERS, z, x, lam_lin, lam_soc, act_lin, act_soc,
@@ -1501,10 +1527,10 @@ def _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_l
     warm = False
     for b in range(lo, hi):
         i = IDX[b]
-        code = _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap,
-                           ai, av, L2, Gm, Md, Gd, Ad, RP[i], RQ[i], RE[i], wp, we, PLO[i], PHI[i], QLO[i], QHI[i],
-                           s, t, ELO[i], EHI[i], H[i], C[i], S, z, warm, tol, max_iter, add_max, reg, *work, x, lam_lin,
-                           lam_soc, act_lin, act_soc, kkt, info)
+        code = _solve_restart(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap,
+                              ai, av, L2, Gm, Md, Gd, Ad, RP[i], RQ[i], RE[i], wp, we, PLO[i], PHI[i], QLO[i], QHI[i],
+                              s, t, ELO[i], EHI[i], H[i], C[i], S, z, warm, tol, max_iter, add_max, reg, work, x,
+                              lam_lin, lam_soc, act_lin, act_soc, kkt, info)
         warm = warm_start and code == 0
         CODE[b] = code
         ITERS[b] = int(info[0])
@@ -1760,8 +1786,9 @@ class StructuredQP:
             S: ``(m_soc,)`` finite limits > 0 of the cone rows.
             warm: The ``warm`` of an earlier result of this instance, or None (cold start).
             tol: Stopping tolerance: linear rows met to ``tol * max(1, |x|)`` in the units of
-                ``x`` (after scaling each row to unit norm), cone rows to ``0.1 tol`` relative.
-            max_iter: Iteration limit.
+                ``x`` (after scaling each row to unit norm), cone rows to ``0.5 tol`` relative.
+            max_iter: Iteration limit (both attempts together: a solve that stalls is restarted once
+                with less damping, see ``_solve_restart``).
 
         Returns:
             A :class:`QPResult`. ``status`` is OPTIMAL only when the KKT check passed.
@@ -1816,11 +1843,11 @@ class StructuredQP:
         act_soc = np.empty(ms, dtype=np.bool_)
         kkt = np.empty(len(_KKT_NAMES))
         info = np.empty(8)
-        code = _solve_core(npv, nsc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map,
-                           self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2, *self._dense,
-                           rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
-                           z, use_warm, float(tol), int(max_iter), self.add_max, self.reg, *self._work,
-                           x, lam_lin, lam_soc, act_lin, act_soc, kkt, info)
+        code = _solve_restart(npv, nsc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map,
+                              self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2, *self._dense,
+                              rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
+                              z, use_warm, float(tol), int(max_iter), self.add_max, self.reg, self._work,
+                              x, lam_lin, lam_soc, act_lin, act_soc, kkt, info)
         if code < 0:
             field, idx, kind = int(info[1]), int(info[2]), int(info[3])
             raise InputError(f"{_KIND_MSG[kind]}; bad entry at index {idx}", _FIELDS[field])
@@ -1858,8 +1885,8 @@ class StructuredQP:
             overwritten by the next call.
         """
         out = self._out
-        code = _solve_core(*self._static, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
-                           z, use_warm, tol, max_iter, self.add_max, self.reg, *self._work, *out)
+        code = _solve_restart(*self._static, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
+                              z, use_warm, tol, max_iter, self.add_max, self.reg, self._work, *out)
         return code, out[0], int(out[6][0])
 
     def solve_batch(self, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S, *,

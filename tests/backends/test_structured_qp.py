@@ -528,6 +528,29 @@ def test_batch_solve_does_not_depend_on_the_other_instances(feeders, monkeypatch
     assert np.max(np.abs(Xd[ok] - X[ok])) <= 1e-7
 
 
+def test_stalled_solve_is_restarted_and_exact(feeders):
+    """About 1 in 10 000 random 4-inverter instances stalls in the damping adaptation until the
+    iteration limit; the solver restarts those once with less damping (the first attempt has 150
+    of the 200 iterations, so more than 150 means a restart). The restarted solves must be
+    OPTIMAL and agree with Clarabel, in the batch and in solve()."""
+    fi, qp = feeders("ieee33-paperB-4", 0)
+    rng = np.random.default_rng(5)
+    inst = [fi.instance(rng, mode=("over", "wild", "mixed")[k % 3]) for k in range(30000)]
+    d0 = inst[0]
+    keys = ("rp", "rq", "re", "p_lo", "p_hi", "q_lo", "q_hi", "e_lo", "e_hi", "h", "c")
+    st = {k: np.stack([d[k] for d in inst]) for k in keys}
+    _, code, iters, _, _ = qp.solve_batch(st["rp"], st["rq"], st["re"], d0["wp"], d0["we"], st["p_lo"], st["p_hi"],
+                                          st["q_lo"], st["q_hi"], d0["s"], d0["t"], st["e_lo"], st["e_hi"], st["h"],
+                                          st["c"], d0["S"])
+    restarted = np.flatnonzero(iters > 150)
+    assert restarted.size >= 1  # the set exercises the restart
+    assert np.all(code[restarted] == int(QPStatus.OPTIMAL))
+    for b in restarted:
+        d = {**inst[b], "wp": d0["wp"], "we": d0["we"], "t": d0["t"]}
+        res = check_against_reference(qp, fi.G, fi.A, fi.n_pv, 0, d)
+        assert res.iterations > 150
+
+
 def test_solve_unchecked_equals_solve(feeders):
     """The hot-path entry returns solve()'s answer, carries the duals in the caller's z, and
     reports invalid values as -1 instead of raising."""
