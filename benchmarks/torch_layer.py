@@ -46,8 +46,8 @@ DEFAULT_CASES = ("ieee33-paperB-4", "ieee33-paperB")
 VERSION_OF = ("safedispatch", "torch", "numpy", "cvxpy", "cvxpylayers", "diffcp")
 BATCHES = (1, 64, 1024, 65536)
 BATCHES_QUICK = (1, 64)
-#: repeats per cell (median); the largest batch runs fewer
-REPEATS = {1: 20, 64: 10, 1024: 3, 65536: 1}
+#: repeats per cell (median)
+REPEATS = {1: 20, 64: 10, 1024: 3, 65536: 3}
 #: cvxpylayers times at most this many samples per cell (it solves them one by one)
 CVX_CAP = {"ieee33-paperB-4": 256, "ieee33-paperB": 64}
 #: the CPU layer's per-sample loop times at most this many samples
