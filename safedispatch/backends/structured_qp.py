@@ -1342,8 +1342,8 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
             lam_soc[soc_map[j]] = ny / bnorm[r0]
             act_soc[soc_map[j]] = True
 
-    # KKT residuals with the caller's G and A (CSR copies, unscaled: independent of the internal
-    # row scaling)
+    # KKT residuals with the caller's G and A (CSR or, on small dense problems, dense copies;
+    # unscaled: independent of the internal row scaling)
     mo = gp.shape[0] - 1
     mso = (ap.shape[0] - 1) // 2
     fval = 0.0
