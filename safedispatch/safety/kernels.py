@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from safedispatch.problems.projection import bounds_kernel
 
@@ -229,3 +229,73 @@ def lean_finish(x, rp, rq, re, wpv, wess, out_pv, out_e, s, t, load_p, load_q, w
         d2 += de * de
     vv, vs, _ = network_violation(w, P, Q, wmin, wmax, smax)
     return obj, math.sqrt(d2), vv, vs
+
+
+@njit(cache=True, parallel=True)
+def rhs_batch(load_p, load_q, cap_q, nodes, sn, b_pu, parent, r2, x2, ws, wmin, wmax, weak_cap, h, c):
+    """The QP's right-hand sides of a batch (the uncontrolled LinDistFlow state, on the tree,
+    linear in the number of nodes; what :func:`lean_prepare` computes for one instance).
+
+    ``load_p, load_q``: ``(B, n_bus)`` MW / MVAr; ``cap_q``: ``(n_bus,)`` constant reactive
+    injection (MVAr); writes ``h (B, 2 m + k) = [wmax - w | w - wmin | weak_cap]`` and
+    ``c (B, m, 2) = (P_j, Q_j)`` (pu). ``w`` is kept in ``h[:, :m]`` during the sweep (no
+    scratch memory).
+    """
+    m = nodes.shape[0]
+    nk = weak_cap.shape[0]
+    for i in prange(load_p.shape[0]):
+        lp, lq, hi, ci = load_p[i], load_q[i], h[i], c[i]
+        for j in range(m):
+            nd = nodes[j]
+            ci[j, 0] = lp[nd] / sn
+            ci[j, 1] = (lq[nd] - cap_q[nd]) / sn - b_pu[j]
+        for j in range(m - 1, -1, -1):
+            pa = parent[j + 1]
+            if pa > 0:
+                ci[pa - 1, 0] += ci[j, 0]
+                ci[pa - 1, 1] += ci[j, 1]
+        for j in range(m):
+            pa = parent[j + 1]
+            wp = ws if pa == 0 else hi[pa - 1]
+            hi[j] = wp - (r2[j] * ci[j, 0] + x2[j] * ci[j, 1])
+        for j in range(m):
+            wj = hi[j]
+            hi[j] = wmax[j] - wj
+            hi[m + j] = wj - wmin[j]
+        for g in range(nk):
+            hi[2 * m + g] = weak_cap[g]
+
+
+@njit(cache=True, parallel=True)
+def rhs_batch_vjp(h_bar, c_bar, nodes, sn, parent, r2, x2, n_chunks, load_p_bar, load_q_bar):
+    """Adjoint of :func:`rhs_batch` w.r.t. the loads: adds ``J^T (h_bar, c_bar)`` to
+    ``load_p_bar, load_q_bar`` ``(B, n_bus)`` (the two sweeps in reverse order)."""
+    B = h_bar.shape[0]
+    m = nodes.shape[0]
+    for ch in prange(n_chunks):
+        wb = np.empty(m)
+        Pb = np.empty(m)
+        Qb = np.empty(m)
+        for i in range(ch * B // n_chunks, (ch + 1) * B // n_chunks):
+            hb, cb = h_bar[i], c_bar[i]
+            for j in range(m):
+                wb[j] = hb[m + j] - hb[j]
+                Pb[j] = cb[j, 0]
+                Qb[j] = cb[j, 1]
+            # w_j = w_parent - (r2 P_j + x2 Q_j): children (larger index) first
+            for j in range(m - 1, -1, -1):
+                Pb[j] -= r2[j] * wb[j]
+                Qb[j] -= x2[j] * wb[j]
+                pa = parent[j + 1]
+                if pa > 0:
+                    wb[pa - 1] += wb[j]
+            # P_j = (own injection) + sum over the children: parents first
+            for j in range(m):
+                pa = parent[j + 1]
+                if pa > 0:
+                    Pb[j] += Pb[pa - 1]
+                    Qb[j] += Qb[pa - 1]
+            for j in range(m):
+                nd = nodes[j]
+                load_p_bar[i, nd] += Pb[j] / sn
+                load_q_bar[i, nd] += Qb[j] / sn

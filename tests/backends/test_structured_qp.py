@@ -491,6 +491,19 @@ def test_solve_batch_equals_solve(feeders, case, n_sc):
     with pytest.raises(InputError):
         qp.solve_batch(st["rp"][:, :1], st["rq"], st["re"], d0["wp"], d0["we"], st["p_lo"], st["p_hi"], st["q_lo"],
                        st["q_hi"], d0["s"], d0["t"], st["e_lo"], st["e_hi"], st["h"], st["c"], d0["S"])
+    # into caller-owned arrays (longer than the batch: the first B rows are written)
+    B = len(inst)
+    args = (st["rp"], st["rq"], st["re"], d0["wp"], d0["we"], st["p_lo"], st["p_hi"], st["q_lo"], st["q_hi"], d0["s"],
+            d0["t"], st["e_lo"], st["e_hi"], st["h"], st["c"], d0["S"])
+    out = (np.full((B + 2, qp.n), np.nan), np.full(B + 2, -9), np.full(B + 2, -9), np.full((B + 2, qp.m), np.nan),
+           np.full((B + 2, qp.m_soc), np.nan))
+    got = qp.solve_batch(*args, n_chunks=3, out=out)
+    for a, b, o in zip(got, (X, code, iters, LL, LS), out):
+        assert np.shares_memory(a, o) and np.array_equal(a, b)
+    bad = (out[0][:, :1],) + out[1:]
+    with pytest.raises(InputError, match="x") as ei:
+        qp.solve_batch(*args, out=bad)
+    assert ei.value.field == "out"
 
 
 @pytest.mark.parametrize("path", ["dense", "sparse"])
