@@ -100,7 +100,7 @@ class _Workspace:
     the batch solver's outputs. Reused across calls (fresh pages cost ~45 ms per 32 MiB on a
     65 536-sample batch, as much as the arithmetic that fills them)."""
 
-    __slots__ = ("B", "h", "c", "out")
+    __slots__ = ("B", "h", "c", "out", "_scratch")
 
     def __init__(self, B: int, mh: int, m: int, qp):
         self.B = B
@@ -108,6 +108,15 @@ class _Workspace:
         self.c = torch.empty(B, m, 2, dtype=torch.float64)
         self.out = (np.empty((B, qp.n)), np.empty(B, dtype=np.int64), np.empty(B, dtype=np.int64),
                     np.empty((B, qp.m)), np.empty((B, qp.m_soc)))
+        self._scratch = None
+
+    def scratch(self, n_pv: int):
+        """Arrays the backward writes gradients into that no input asked for (contents
+        meaningless): ``(bounds (4, B, n_pv), h-shaped, c-shaped)``."""
+        if self._scratch is None:
+            self._scratch = (torch.empty(4, self.B, n_pv, dtype=torch.float64), torch.empty_like(self.h),
+                             torch.empty_like(self.c))
+        return self._scratch
 
 
 class _Lease:
@@ -699,9 +708,14 @@ class _ProjectFn(torch.autograd.Function):
         B = r.shape[0]
         dev = r.device
         r_bar = torch.zeros_like(r)
-        b_bar = [torch.zeros_like(plo) for _ in range(4)]
-        h_bar = torch.zeros(B, qp.m_full, dtype=r.dtype, device=dev)
-        c_bar = torch.zeros(B, qp.ms_full, 2, dtype=r.dtype, device=dev)
+        # gradients no input asked for (e.g. loads and availability that are data) go to the
+        # workspace's scratch arrays instead of fresh memory, and come back as None
+        need = ctx.needs_input_grad
+        ws = None if ctx.lease is None else ctx.lease.ws
+        sb = ws.scratch(plo.shape[1]) if ws is not None and not all(need[1:7]) else None
+        b_bar = [torch.zeros_like(plo) if need[1 + k] or sb is None else sb[0][k] for k in range(4)]
+        h_bar = (torch.zeros(B, qp.m_full, dtype=r.dtype, device=dev) if need[5] or sb is None else sb[1])
+        c_bar = (torch.zeros(B, qp.ms_full, 2, dtype=r.dtype, device=dev) if need[6] or sb is None else sb[2])
         st_dev = ctx.status.to(dev)
         unchanged = st_dev == int(ProjectionStatus.UNCHANGED)
         r_bar[unchanged] = gx[unchanged]
@@ -748,5 +762,6 @@ class _ProjectFn(torch.autograd.Function):
                 b_bar[k][ids] = bb[k]
             h_bar[ids] = hb
             c_bar[ids] = cb
-        return (r_bar, *b_bar, h_bar, c_bar, None, None, None)
+        grads = (r_bar, *b_bar, h_bar, c_bar)
+        return tuple(gr if need[k] else None for k, gr in enumerate(grads)) + (None, None, None)
 
