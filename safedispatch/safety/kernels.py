@@ -232,38 +232,37 @@ def lean_finish(x, rp, rq, re, wpv, wess, out_pv, out_e, s, t, load_p, load_q, w
 
 
 @njit(cache=True, parallel=True)
-def rhs_batch(load_p, load_q, cap_q, nodes, sn, b_pu, parent, r2, x2, ws, wmin, wmax, weak_cap, h, c):
-    """The QP's right-hand sides of a batch (the uncontrolled LinDistFlow state, on the tree,
-    linear in the number of nodes; what :func:`lean_prepare` computes for one instance).
+def rhs_batch(load_p, load_q, cap_q, nodes, sn, b_pu, parent, r2, x2, ws, wmin, wmax, weak_cap, n_chunks, h, c):
+    """The QP's right-hand sides of a batch: the uncontrolled LinDistFlow state by
+    :func:`tree_lindistflow` (linear in the number of nodes), as :func:`lean_prepare` builds them
+    for one instance.
 
     ``load_p, load_q``: ``(B, n_bus)`` MW / MVAr; ``cap_q``: ``(n_bus,)`` constant reactive
     injection (MVAr); writes ``h (B, 2 m + k) = [wmax - w | w - wmin | weak_cap]`` and
-    ``c (B, m, 2) = (P_j, Q_j)`` (pu). ``w`` is kept in ``h[:, :m]`` during the sweep (no
-    scratch memory).
+    ``c (B, m, 2) = (P_j, Q_j)`` (pu).
     """
+    B = load_p.shape[0]
     m = nodes.shape[0]
     nk = weak_cap.shape[0]
-    for i in prange(load_p.shape[0]):
-        lp, lq, hi, ci = load_p[i], load_q[i], h[i], c[i]
-        for j in range(m):
-            nd = nodes[j]
-            ci[j, 0] = lp[nd] / sn
-            ci[j, 1] = (lq[nd] - cap_q[nd]) / sn - b_pu[j]
-        for j in range(m - 1, -1, -1):
-            pa = parent[j + 1]
-            if pa > 0:
-                ci[pa - 1, 0] += ci[j, 0]
-                ci[pa - 1, 1] += ci[j, 1]
-        for j in range(m):
-            pa = parent[j + 1]
-            wp = ws if pa == 0 else hi[pa - 1]
-            hi[j] = wp - (r2[j] * ci[j, 0] + x2[j] * ci[j, 1])
-        for j in range(m):
-            wj = hi[j]
-            hi[j] = wmax[j] - wj
-            hi[m + j] = wj - wmin[j]
-        for g in range(nk):
-            hi[2 * m + g] = weak_cap[g]
+    for ch in prange(n_chunks):
+        pi = np.empty(m)
+        qi = np.empty(m)
+        w = np.empty(m)
+        P = np.empty(m)
+        Q = np.empty(m)
+        for i in range(ch * B // n_chunks, (ch + 1) * B // n_chunks):
+            for j in range(m):
+                nd = nodes[j]
+                pi[j] = -load_p[i, nd] / sn
+                qi[j] = (cap_q[nd] - load_q[i, nd]) / sn + b_pu[j]
+            tree_lindistflow(parent, r2, x2, ws, pi, qi, w, P, Q)
+            for j in range(m):
+                h[i, j] = wmax[j] - w[j]
+                h[i, m + j] = w[j] - wmin[j]
+                c[i, j, 0] = P[j]
+                c[i, j, 1] = Q[j]
+            for g in range(nk):
+                h[i, 2 * m + g] = weak_cap[g]
 
 
 @njit(cache=True, parallel=True)

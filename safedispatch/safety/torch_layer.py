@@ -648,9 +648,12 @@ class _RhsFn(torch.autograd.Function):
         else:
             h, c = ws.h, ws.c
         if B:
+            import numba
+
             nd = lambda t: t.detach().contiguous().numpy()  # noqa: E731
             kernels.rhs_batch(nd(load_p), nd(load_q), layer._capq_c, nodes, sn, b, parent, r2, x2,
-                              layer.v_root_pu ** 2, layer._wmin_c, layer._wmax_c, layer._scr, h.numpy(), c.numpy())
+                              layer.v_root_pu ** 2, layer._wmin_c, layer._wmax_c, layer._scr,
+                              min(B, 4 * numba.get_num_threads()), h.numpy(), c.numpy())
         ctx.layer = layer
         ctx.nb = load_p.shape[1]
         return h, c
