@@ -29,8 +29,10 @@ implementation and theory", 1978).
   parallel (|cos| > 0.9) to one picked in the same round. The inner level maximizes ``d`` over
   the working set only (everything else held at zero) by Newton steps with Levenberg-Marquardt
   damping, a projected Armijo search on ``d`` itself (``lam`` clipped at 0, a cone multiplier
-  stepping through the origin set to 0), an expanding search along directions where ``d``
-  grows linearly, and a proximal-gradient ascent step as the safeguard when the search fails.
+  stepping through the origin set to 0; a failed full step tries the path's first breakpoint,
+  where a multiplier leaves, then backtracks by quadratic interpolation), an expanding search
+  along directions where ``d`` grows linearly, and a proximal-gradient ascent step as the
+  safeguard when the search fails.
   ``d`` increases at every accepted step, so the method cannot cycle.
 * The outer row check is cheap: rows are scaled to unit norm at set-up and stored sparse, and a
   row whose value at a reference point is further from its bound than ``||x - x_ref||`` cannot
@@ -784,7 +786,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
         info[3] = kind
         return -1
     n = 2 * n_pv + n_sc
-    m = lin_map.shape[0]          # non-zero linear rows in M
+    m = lin_map.shape[0]          # non-zero linear rows in M (groups of identical caller rows)
     ms = soc_map.shape[0]         # non-zero cone rows in M
     nrow = m + 2 * ms
     capF = K.shape[0]
@@ -833,7 +835,14 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
         xscale = max(xscale, abs(r[i]))
     xscale = max(xscale, 1e-300)
     for i in range(m):
-        b[i] = h[lin_map[i]] / bnorm[i]
+        # identical caller rows are one internal row: the smallest right-hand side binds
+        hb = h[lin_map[i, 0]]
+        for t in range(1, lin_map.shape[1]):
+            jj = lin_map[i, t]
+            if jj < 0:
+                break
+            hb = min(hb, h[jj])
+        b[i] = hb / bnorm[i]
     for j in range(ms):
         jj = soc_map[j]
         an = bnorm[m + 2 * j]
@@ -1201,6 +1210,24 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                     best_f = fval
                     best_alpha = 0.0
                     expanding = False
+                    # first breakpoint of the projected path: the step at which a multiplier
+                    # reaches zero (a linear one, or a cone one crossing the origin's half-plane)
+                    abp = 1.0
+                    e = 0
+                    while e < nF:
+                        kd = fent_kind[e]
+                        rr = fent_row[e]
+                        if kd == 0:
+                            if z[rr] > 0.0 and dz[e] < 0.0:
+                                abp = min(abp, -z[rr] / dz[e])
+                            e += 1
+                        elif kd == 1:
+                            yd = z[rr] * dz[e] + z[rr + 1] * dz[e + 1]
+                            if yd < 0.0:
+                                abp = min(abp, -(z[rr] * z[rr] + z[rr + 1] * z[rr + 1]) / yd)
+                            e += 2
+                        else:
+                            e += 1
                     for _ls in range(60):
                         _set_trial(alpha, nF, fent_row, fent_kind, fent_u0, fent_u1, dz, z, zt, memb, nmr)
                         ft, dt, bad = _eval_point(zt, memb, nmr, r, w, winv, mp, mi, mv, Md, b, Sp, soc_of_row, m, n,
@@ -1234,7 +1261,17 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                                     alpha = 4.0
                                     continue
                                 break
-                            alpha *= 0.5
+                            # the full step failed: first the breakpoint (a multiplier leaving; with
+                            # near-parallel rows the Newton step along their difference is long and
+                            # d falls steeply past it), then the maximizer of the quadratic through
+                            # d(z), its slope pred/alpha and d at alpha, kept in [0.1, 0.5] alpha
+                            red = pred - (dt - dval)
+                            if alpha == 1.0 and abp < 1.0:
+                                alpha = abp
+                            elif pred > 0.0 and red > 0.0 and np.isfinite(dt):
+                                alpha *= min(0.5, max(0.1, 0.5 * pred / red))
+                            else:
+                                alpha *= 0.5
                             if alpha < 1e-12:
                                 break
                         else:
@@ -1250,8 +1287,13 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                                 continue
                             break
                     # trust update from the model's accuracy (Levenberg-Marquardt)
-                    if not accepted or best_alpha < 1.0:
+                    if not accepted:
                         theta = min(theta * 4.0, 1e4)
+                    elif best_alpha < 1.0 and best_alpha == abp:
+                        pass  # cut short by a leaving multiplier, not by a poor model
+                    elif best_alpha < 1.0:
+                        # damping that would have given about the accepted step length
+                        theta = min(theta * max(4.0, 1.0 / best_alpha), 1e4)
                     elif best_alpha > 1.0:
                         theta = max(theta / 16.0, 1e-12)
                     else:
@@ -1333,8 +1375,16 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
         act_soc[j] = False
     for i in range(m):
         if z[i] > 0.0:
-            lam_lin[lin_map[i]] = z[i] / bnorm[i]
-            act_lin[lin_map[i]] = True
+            # the multiplier goes to the binding caller row of the group (the first smallest h)
+            jb = lin_map[i, 0]
+            for t in range(1, lin_map.shape[1]):
+                jj = lin_map[i, t]
+                if jj < 0:
+                    break
+                if h[jj] < h[jb]:
+                    jb = jj
+            lam_lin[jb] = z[i] / bnorm[i]
+            act_lin[jb] = True
     for j in range(ms):
         r0 = m + 2 * j
         ny = _norm2(z[r0], z[r0 + 1])
@@ -1720,21 +1770,40 @@ class StructuredQP:
         # well scaled whatever the units of the rows. All-zero rows are constants, checked apart.
         gn = np.linalg.norm(G, axis=1) if self.m else np.zeros(0)
         an = np.array([np.linalg.norm(A[j], 2) for j in range(self.m_soc)]) if self.m_soc else np.zeros(0)
-        self._lin_map = np.flatnonzero(gn > 0).astype(np.int64)
+        lin_nz = np.flatnonzero(gn > 0).astype(np.int64)
         self._soc_map = np.flatnonzero(an > 0).astype(np.int64)
         self._zero_lin = np.flatnonzero(gn == 0).astype(np.int64)
         self._zero_soc = np.flatnonzero(an == 0).astype(np.int64)
-        mp, msp = self._lin_map.size, self._soc_map.size
+        # Identical caller rows (a bus's voltage row repeats its upstream bus's when no inverter
+        # sits between them: 64 -> 44 rows on the 4-inverter feeder) are one internal row whose
+        # right-hand side is the group's smallest h, per call. Exact (the others are implied);
+        # fewer rows to check, and never two identical rows in a Newton system (singular).
+        # lin_map[i] lists group i's caller rows (first occurrence order, -1 padded).
+        if lin_nz.size:
+            _, first, inv = np.unique(G[lin_nz], axis=0, return_index=True, return_inverse=True)
+            inv = inv.reshape(-1)
+            groups = [lin_nz[inv == u] for u in np.argsort(first, kind="stable")]
+        else:
+            groups = []
+        self._lin_map = np.full((len(groups), max((len(g) for g in groups), default=1)), -1, dtype=np.int64)
+        for i, g in enumerate(groups):
+            self._lin_map[i, :len(g)] = g
+        lin_rep = self._lin_map[:, 0]
+        mp, msp = lin_rep.size, self._soc_map.size
         nrow = mp + 2 * msp
         M = np.empty((nrow, n))
-        M[:mp] = G[self._lin_map] / gn[self._lin_map, None]
+        M[:mp] = G[lin_rep] / gn[lin_rep, None]
         if msp:
             M[mp:] = (A[self._soc_map] / an[self._soc_map, None, None]).reshape(2 * msp, n)
         # sparse copies: on large feeders a row involves only the inverters of one lateral
         self._mp, self._mi, self._mv = _csr(M)
         self._G_csr = _csr(G)
         self._A_csr = _csr(A.reshape(2 * self.m_soc, n))
-        self._bnorm = np.concatenate([gn[self._lin_map], np.repeat(an[self._soc_map], 2)])
+        self._bnorm = np.concatenate([gn[lin_rep], np.repeat(an[self._soc_map], 2)])
+        # every non-zero row scaled, unmerged, for the implicit gradient (structured_qp_vjp),
+        # which walks the caller's rows with their multipliers
+        Mv = np.concatenate([G[lin_nz] / gn[lin_nz, None], M[mp:]])
+        self._vjp_rows = (*_csr(Mv), np.concatenate([gn[lin_nz], self._bnorm[mp:]]), lin_nz, self._soc_map)
         # Lipschitz constant of the dual gradient is ||M W^-1/2||^2 <= max(1/w) ||M||^2
         self._L2 = float(np.linalg.norm(M, 2) ** 2) if nrow else 1.0
         # Gram matrix of the scaled rows, for the near-parallel test of the working-set candidates

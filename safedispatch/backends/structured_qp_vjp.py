@@ -411,7 +411,7 @@ def vjp_batch(qp, x, lam_lin, lam_soc, rp, rq, p_lo, p_hi, q_lo, q_hi, wp, s, t,
             raise InputError(f"expected a writeable C-contiguous float64 array of shape {shp}", name)
     if k:
         nch = n_chunks or min(k, 4 * numba.get_num_threads())
-        _vjp_batch(N, qp._mp, qp._mi, qp._mv, qp._bnorm, qp._lin_map, qp._soc_map, IDX, MASK, X, LL, LS, RP, RQ, PLO,
+        _vjp_batch(N, *qp._vjp_rows, IDX, MASK, X, LL, LS, RP, RQ, PLO,
                    PHI, QLO, QHI, np.asarray(s, dtype=f8), haspf, th, ih, winv, CC, np.asarray(S, dtype=f8), GX,
                    max(qp._cap, 2), int(nch), RB, *bars, HB, CB)
     return RB, tuple(bars), HB, CB
