@@ -406,14 +406,21 @@ def _row_dot(mp, mi, mv, Md, i, x):
 
 
 @njit(**_NOREF, inline="always")
-def _rows_full(x, mp, mi, mv, Md, b, g, nrow, n):
-    """g = M x - b for every row."""
+def _rows_full(x, mp, mi, mv, Md, b, g, nrow, n, dup):
+    """g = M x - b for every row; a row equal to an earlier one (or to its negative, as a lower
+    and an upper limit are; dup[i] = +-(k + 1)) reuses that row's product."""
     for i in range(nrow):
-        g[i] = _row_dot(mp, mi, mv, Md, i, x) - b[i]
+        dk = dup[i]
+        if dk == 0:
+            g[i] = _row_dot(mp, mi, mv, Md, i, x) - b[i]
+        elif dk > 0:
+            g[i] = (g[dk - 1] + b[dk - 1]) - b[i]
+        else:
+            g[i] = -(g[-dk - 1] + b[-dk - 1]) - b[i]
 
 
 @njit(**_NOREF)
-def _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale):
+def _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale, dup):
     """g = M x - b on the rows that may be violated; a safe upper bound elsewhere.
 
     Rows have unit norm (cone blocks unit spectral norm), so ``g_i(x) <= gref_i + ||x - xref||``:
@@ -436,7 +443,7 @@ def _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, t
         if not is_memb[r0] and _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xscale:
             need += 2
     if 4 * need > nrow:
-        _rows_full(x, mp, mi, mv, Md, b, g, nrow, n)
+        _rows_full(x, mp, mi, mv, Md, b, g, nrow, n, dup)
         for i in range(n):
             xref[i] = x[i]
         for i in range(nrow):
@@ -705,7 +712,7 @@ def _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv, M
 
 
 @njit(cache=True)
-def _alloc_work(n, n_pv, n_sc, nrow, msp, cap, soc_of_row):  # pragma: no cover - compiled
+def _alloc_work(n, n_pv, n_sc, nrow, msp, cap, soc_of_row, nk):  # pragma: no cover - compiled
     """The work arrays of :func:`_solve_core`, in its argument order (one set per thread)."""
     i8 = np.int64
     npv_ = max(n_pv, 1)
@@ -734,6 +741,7 @@ def _alloc_work(n, n_pv, n_sc, nrow, msp, cap, soc_of_row):  # pragma: no cover 
         np.zeros(_ADD_MAX, dtype=i8), np.zeros((_ADD_MAX, 3)),                          # pick_row pick_u
         np.zeros(n), np.zeros(n_pv + n_sc + 1, dtype=i8), np.zeros(npv_), np.zeros(npv_),  # xb jkind_b jtp_b jtq_b
         np.zeros(npv_), np.zeros(nr),                                                   # jk_b gb
+        np.zeros(max(nk, 1)),                                                           # kprod
     )
 
 
@@ -755,7 +763,7 @@ def _copy_point(xd, xs, jkind_d, jkind_s, jtp_d, jtp_s, jtq_d, jtq_s, jk_d, jk_s
 
 
 @njit(**_NOREF)
-def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av, L2,
+def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av, L2,
                 Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in, ehi_in, h, c, S,
                 z, use_warm, tol, max_iter, add_max, reg,
                 # work arrays
@@ -763,7 +771,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                 jkind_t, jtp_t, jtq_t, jk_t, verts, nvert, zt, fent_row, fent_kind, fent_u0, fent_u1, Bt, K, Kf, rhs,
                 dz, cand, cand_v, ecol_of, ecoef, stamp, elist, ecnt, acc_v, soc_of_row, dirv, picked, pcols, pcnt,
                 clist, memb, is_memb, xref, gref, gxy, pick_row, pick_u,
-                xb, jkind_b, jtp_b, jtq_b, jk_b, gb,
+                xb, jkind_b, jtp_b, jtq_b, jk_b, gb, kprod,
                 # outputs
                 x_out, lam_lin, lam_soc, act_lin, act_soc, kkt, info):
     """Solve one instance. Returns the internal status; fills x_out, multipliers, kkt, info.
@@ -896,7 +904,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
     n_outer = 0
     # reference point of the screened row check: every row has unit norm, so
     # |g_i(x) - g_i(xref)| <= ||x - xref||: a row far from its bound needs no product
-    _rows_full(x, mp, mi, mv, Md, b, g, nrow, n)
+    _rows_full(x, mp, mi, mv, Md, b, g, nrow, n, dup)
     for i in range(n):
         xref[i] = x[i]
     for i in range(nrow):
@@ -959,7 +967,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
             if bad < 0 and dt >= fval:
                 fval = ft
                 _copy_point(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t, g, gt, memb, 0)
-                _rows_full(x, mp, mi, mv, Md, b, g, nrow, n)
+                _rows_full(x, mp, mi, mv, Md, b, g, nrow, n, dup)
                 for i in range(n):
                     xref[i] = x[i]
                 for i in range(nrow):
@@ -1341,7 +1349,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
                                                   n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in,
                                                   verts, nvert, v, x, jkind, jtp, jtq, jk, g)
             # ---- every row again (screened) -----------------------------------------------------
-            _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale)
+            _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale, dup)
         # picked rows of the last round back to zero (the next solve with these work arrays
         # starts from npick_prev = 0)
         for pq in range(npick_prev if not use_gram else 0):
@@ -1404,14 +1412,27 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
     comp_v = 0.0
     lag = fval
     for i in range(mo):
-        acc = _row_dot(gp, gi_, gv, Gd, i, x) - h[i]
+        # identical caller rows (dup[nrow + i] = k + 1 > 0) share the product, bit for bit
+        dk = dup[nrow + i]
+        if dk == 0:
+            kprod[i] = _row_dot(gp, gi_, gv, Gd, i, x)
+        else:
+            kprod[i] = kprod[dk - 1]
+        acc = kprod[i] - h[i]
         p_lin = max(p_lin, acc)
         comp_v = max(comp_v, abs(lam_lin[i] * acc))
         lag += lam_lin[i] * acc
     p_soc = 0.0
     for j in range(mso):
-        a0 = _row_dot(ap, ai, av, Ad, 2 * j, x) + c[j, 0]
-        a1 = _row_dot(ap, ai, av, Ad, 2 * j + 1, x) + c[j, 1]
+        dk = dup[nrow + mo + j]
+        if dk == 0:
+            kprod[mo + 2 * j] = _row_dot(ap, ai, av, Ad, 2 * j, x)
+            kprod[mo + 2 * j + 1] = _row_dot(ap, ai, av, Ad, 2 * j + 1, x)
+        else:
+            kprod[mo + 2 * j] = kprod[mo + 2 * (dk - 1)]
+            kprod[mo + 2 * j + 1] = kprod[mo + 2 * (dk - 1) + 1]
+        a0 = kprod[mo + 2 * j] + c[j, 0]
+        a1 = kprod[mo + 2 * j + 1] + c[j, 1]
         na = _norm2(a0, a1)
         p_soc = max(p_soc, (na - S[j]) / S[j])
         comp_v = max(comp_v, lam_soc[j] * abs(na - S[j]))
@@ -1537,25 +1558,25 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_
 
 
 @njit(**_NOREF)
-def _solve_restart(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av, L2,
-                   Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in, ehi_in, h,
-                   c, S, z, use_warm, tol, max_iter, add_max, reg, work, x_out, lam_lin, lam_soc, act_lin, act_soc, kkt,
-                   info):  # pragma: no cover - compiled
+def _solve_restart(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av,
+                   L2, Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in, ehi_in,
+                   h, c, S, z, use_warm, tol, max_iter, add_max, reg, work, x_out, lam_lin, lam_soc, act_lin, act_soc,
+                   kkt, info):  # pragma: no cover - compiled
     """:func:`_solve_core` with one restart: a solve that reaches its iteration limit (a stall of
     the damping adaptation, about 1 in 10 000 random 4-inverter instances) is solved again
     from zero duals with a hundredth of the start damping, which converged on every stalled
     instance we found in under 20 iterations. The first attempt gets three quarters of
     ``max_iter``, the restart the rest; ``info[0]`` counts both."""
     it_first = max_iter - max_iter // 4
-    code = _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av,
-                       L2, Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in,
+    code = _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, zero_soc, gp, gi_, gv, ap, ai,
+                       av, L2, Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in,
                        ehi_in, h, c, S, z, use_warm, tol, it_first, add_max, reg, *work, x_out, lam_lin, lam_soc,
                        act_lin, act_soc, kkt, info)
     if code != _ST_MAXIT or max_iter // 4 == 0:
         return code
     it1 = info[0]
-    code = _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av,
-                       L2, Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in,
+    code = _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, zero_soc, gp, gi_, gv, ap, ai,
+                       av, L2, Gm, Md, Gd, Ad, rp, rq, re, wp, we, plo_in, phi_in, qlo_in, qhi_in, s_in, t_in, elo_in,
                        ehi_in, h, c, S, z, False, tol, max_iter // 4, add_max, reg * 1e-2, *work, x_out, lam_lin,
                        lam_soc, act_lin, act_soc, kkt, info)
     info[0] += it1
@@ -1563,7 +1584,7 @@ def _solve_restart(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, ze
 
 
 @njit(**_NOREF)
-def _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai,
+def _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, zero_soc, gp, gi_, gv, ap, ai,
                  av, L2, Gm, Md, Gd, Ad, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol,
                  max_iter, add_max, reg, X, LAM_LIN, LAM_SOC, CODE, ITERS, z, x, lam_lin, lam_soc, act_lin, act_soc,
                  kkt, info, work, warm_start, IDX):  # pragma: no cover - compiled
@@ -1577,7 +1598,7 @@ def _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_l
     warm = False
     for b in range(lo, hi):
         i = IDX[b]
-        code = _solve_restart(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap,
+        code = _solve_restart(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, zero_soc, gp, gi_, gv, ap,
                               ai, av, L2, Gm, Md, Gd, Ad, RP[i], RQ[i], RE[i], wp, we, PLO[i], PHI[i], QLO[i], QHI[i],
                               s, t, ELO[i], EHI[i], H[i], C[i], S, z, warm, tol, max_iter, add_max, reg, work, x,
                               lam_lin, lam_soc, act_lin, act_soc, kkt, info)
@@ -1593,7 +1614,7 @@ def _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_l
 
 
 @njit(cache=True, parallel=True)
-def _solve_batch(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av, L2,
+def _solve_batch(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, zero_soc, gp, gi_, gv, ap, ai, av, L2,
                  Gm, Md, Gd, Ad, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol, max_iter,
                  add_max, reg, nrow, msp, cap, soc_of_row, n_chunks, X, LAM_LIN, LAM_SOC, CODE, ITERS, warm_start,
                  IDX):  # pragma: no cover
@@ -1606,7 +1627,7 @@ def _solve_batch(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero
     for ch in prange(n_chunks):
         lo = ch * B // n_chunks
         hi = (ch + 1) * B // n_chunks
-        work = _alloc_work(n, n_pv, n_sc, nrow, msp, cap, soc_of_row)
+        work = _alloc_work(n, n_pv, n_sc, nrow, msp, cap, soc_of_row, m + 2 * ms)
         z = np.zeros(nrow)
         x = np.empty(n)
         lam_lin = np.empty(m)
@@ -1615,10 +1636,10 @@ def _solve_batch(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero
         act_soc = np.empty(ms, dtype=np.bool_)
         kkt = np.empty(8)
         info = np.empty(8)
-        _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, zero_lin, zero_soc, gp, gi_, gv, ap, ai,
-                     av, L2, Gm, Md, Gd, Ad, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S, tol,
-                     max_iter, add_max, reg, X, LAM_LIN, LAM_SOC, CODE, ITERS, z, x, lam_lin, lam_soc, act_lin, act_soc,
-                     kkt, info, work, warm_start, IDX)
+        _solve_range(lo, hi, n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, zero_soc, gp, gi_, gv,
+                     ap, ai, av, L2, Gm, Md, Gd, Ad, RP, RQ, RE, wp, we, PLO, PHI, QLO, QHI, s, t, ELO, EHI, H, C, S,
+                     tol, max_iter, add_max, reg, X, LAM_LIN, LAM_SOC, CODE, ITERS, z, x, lam_lin, lam_soc, act_lin,
+                     act_soc, kkt, info, work, warm_start, IDX)
 
 
 # =============================================================================================
@@ -1706,6 +1727,28 @@ def _as_vec(a, name: str, n: int) -> np.ndarray:
     if arr.shape != (n,):
         raise InputError(f"expected shape ({n},), got {arr.shape}", name)
     return arr
+
+
+def _dup_rows(M: np.ndarray, signed: bool) -> np.ndarray:
+    """Per row of ``M``: 0, or ``k + 1`` when it equals (bit for bit) the earlier row ``k``
+    (``-(k + 1)`` when, with ``signed``, it equals that row's negative; zero rows never match)."""
+    out = np.zeros(M.shape[0], dtype=np.int64)
+    seen: dict[bytes, int] = {}
+    for i, row in enumerate(M):
+        if not row.any():
+            continue
+        key = (row + 0.0).tobytes()  # -0.0 and 0.0 alike
+        k = seen.get(key)
+        if k is not None:
+            out[i] = k + 1
+            continue
+        if signed:
+            k = seen.get((-row + 0.0).tobytes())
+            if k is not None:
+                out[i] = -(k + 1)
+                continue
+        seen[key] = i
+    return out
 
 
 def _csr(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1818,16 +1861,18 @@ class StructuredQP:
         self._dense = (self._gram, M if dense else e0, G.copy() if dense and self.m else e0,
                        A.reshape(2 * self.m_soc, n).copy() if dense and self.m_soc else e0)
         self._nrow = nrow
+        self._dup = np.concatenate([_dup_rows(M, signed=True), _dup_rows(G, signed=False),
+                                    _dup_rows(A.reshape(self.m_soc, 2 * n), signed=False)])
         self._soc_of_row = np.zeros(nrow, dtype=np.int64)
         if msp:
             self._soc_of_row[mp:] = np.repeat(np.arange(msp), 2)
 
         # work arrays (owned by the instance: not thread-safe)
         self._cap = max(2, min(nrow, max(64, 2 * n + 16)))
-        self._work = _alloc_work(n, n_pv, n_sc, nrow, msp, self._cap, self._soc_of_row)
+        self._work = _alloc_work(n, n_pv, n_sc, nrow, msp, self._cap, self._soc_of_row, self.m + 2 * self.m_soc)
         self._zero_z = np.zeros(nrow)
         # for solve_unchecked: the static arguments and output buffers, packed once
-        self._static = (n_pv, n_sc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map,
+        self._static = (n_pv, n_sc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map, self._dup,
                         self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2, *self._dense)
         self._out = (np.empty(n), np.empty(self.m), np.empty(self.m_soc), np.empty(self.m, dtype=np.bool_),
                      np.empty(self.m_soc, dtype=np.bool_), np.empty(len(_KKT_NAMES)), np.empty(8))
@@ -1917,8 +1962,8 @@ class StructuredQP:
         kkt = np.empty(len(_KKT_NAMES))
         info = np.empty(8)
         code = _solve_restart(npv, nsc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map,
-                              self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2, *self._dense,
-                              rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
+                              self._dup, self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2,
+                              *self._dense, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
                               z, use_warm, float(tol), int(max_iter), self.add_max, self.reg, self._work,
                               x, lam_lin, lam_soc, act_lin, act_soc, kkt, info)
         if code < 0:

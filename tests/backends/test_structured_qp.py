@@ -767,3 +767,38 @@ def test_bad_setup_and_options(small):
     with pytest.raises(InputError) as ei:
         qp.solve(**d, warm=WarmStart(np.zeros(3), 0))
     assert ei.value.field == "warm"
+
+
+def test_identical_rows_are_one_row(feeders):
+    """Rows repeated in G (8 voltage rows copied with other limits, some tighter, some looser)
+    are one internal row whose smallest right-hand side binds. Reference: the same problem with
+    each repeated row kept once at that smallest limit. x agrees; per set of identical rows the
+    multipliers sum to the reference's, and sit on one copy, one with the binding limit."""
+    fi, qp = feeders("ieee33-paperB-4")
+    G2 = np.vstack([fi.G, fi.G[:8]])
+    qp2 = StructuredQP(fi.n_pv, 0, G2, fi.A)
+    _, grp = np.unique(G2, axis=0, return_inverse=True)
+    grp = grp.reshape(-1)
+    rng = np.random.default_rng(5)
+    n_active = 0
+    for k in range(30):
+        d = fi.instance(rng, mode=("over", "mixed")[k % 2])
+        h = d["h"]
+        h2 = np.concatenate([h, h[:8] + np.where(np.arange(8) % 2 == 0, -0.02, 0.02) * (np.abs(h[:8]) + 1e-3)])
+        h_ref = h.copy()
+        h_ref[:8] = np.minimum(h[:8], h2[-8:])
+        r1 = qp.solve(**{**d, "h": h_ref})
+        r2 = qp2.solve(**{**d, "h": h2})
+        assert r1.status == r2.status == QPStatus.OPTIMAL, (r1.message, r2.message)
+        assert np.abs(r1.x - r2.x).max() <= 1e-8
+        lam1 = np.concatenate([r1.lam_lin, np.zeros(8)])
+        for gi in np.unique(grp):
+            rows = np.flatnonzero(grp == gi)
+            tot1, tot2 = lam1[rows].sum(), r2.lam_lin[rows].sum()
+            assert abs(tot1 - tot2) <= 1e-6 * max(1.0, tot1)
+            on = rows[r2.lam_lin[rows] > 0]
+            assert on.size <= 1
+            if on.size:
+                assert h2[on[0]] == h2[rows].min()
+                n_active += 1
+    assert n_active >= 10
