@@ -666,7 +666,7 @@ class SafetyLayer:
         a.set("c_shed", 0.0)
         a.set("viol_cap", BIG)
         a.set("shed_cap", BIG)
-        r = cvxpy_.solve(prog.problem, self.solvers)
+        r = cvxpy_.solve(prog.problem, self.solvers, retry=cvxpy_.RETRY_OPTIONS)
         if not r.status.has_solution:
             return None
         return _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=shed, w=self._w_eff(prog, r), P=r.x["P"], Q=r.x["Q"])
@@ -822,7 +822,7 @@ class SafetyLayer:
             if cap_cost >= best_total:  # continuous distance >= 0: nothing later can win
                 break
             self._set(mod, prog, ctx, rp, rq, re, cap)
-            r = cvxpy_.solve(prog.problem, self.solvers)
+            r = cvxpy_.solve(prog.problem, self.solvers, retry=cvxpy_.RETRY_OPTIONS)
             n += 1
             iters += r.iterations
             if r.status.has_solution:
@@ -856,7 +856,7 @@ class SafetyLayer:
                 break  # best-first: nothing left can win
             relax.alg.set("c_lo", lo)
             relax.alg.set("c_hi", hi)
-            r = cvxpy_.solve(relax.problem, self.solvers)
+            r = cvxpy_.solve(relax.problem, self.solvers, retry=cvxpy_.RETRY_OPTIONS)
             n += 1
             iters += r.iterations
             if not r.status.has_solution:
@@ -889,7 +889,7 @@ class SafetyLayer:
     def _solve_hard_fixed(self, mod: _Model, rp, rq, re, cap, ctx):
         prog = mod.program(correction=ctx["lim"].d is not None, model=ctx["model"])
         self._set(mod, prog, ctx, rp, rq, re, cap)
-        r = cvxpy_.solve(prog.problem, self.solvers)
+        r = cvxpy_.solve(prog.problem, self.solvers, retry=cvxpy_.RETRY_OPTIONS)
         if not r.status.has_solution:
             return None, r.iterations
         return self._point_from(mod, prog, r, cap, np.zeros(mod.mn.tree.n - 1), ctx), r.iterations
@@ -959,7 +959,7 @@ class SafetyLayer:
             a.set("c_shed", c_shed)
             a.set("viol_cap", viol_cap)
             a.set("shed_cap", shed_cap)
-            r = cvxpy_.solve(prog.problem, self.solvers)
+            r = cvxpy_.solve(prog.problem, self.solvers, retry=cvxpy_.RETRY_OPTIONS)
             n += 1
             iters += r.iterations
             solver = r.solver or solver

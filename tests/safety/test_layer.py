@@ -326,6 +326,49 @@ def test_all_solvers_failing_is_a_status_not_an_exception():
     assert res.violation["vm_pu"] > 0
 
 
+def test_inaccurate_soft_solves_are_retried_before_scs(monkeypatch):
+    """An infeasible night-time snapshot (no PV, ramp limits, 0.9 power factor, SCR bound): the
+    soft solves that follow the least violation (the nearest point under a violation cap 1e-6
+    above it) end OPTIMAL_INACCURATE in Clarabel and ECOS at the tight tolerances. The chain
+    re-runs Clarabel at 1e-9 / 1e-8 instead of falling through to SCS (3-5 s per solve, and less
+    accurate); each retried optimum is checked against ECOS at its default tolerances."""
+    import dataclasses
+
+    from safedispatch.backends import cvxpy_
+
+    calls = []
+    solve = cvxpy_.solve
+
+    def spy(problem, *args, **kw):
+        r = solve(problem, *args, **kw)
+        calls.append((problem, r))
+        return r
+
+    monkeypatch.setattr(cvxpy_, "solve", spy)
+    f = sd.load_case("ieee33-paperC")
+    f = f.replace(pv=dataclasses.replace(f.pv, pf_min=np.full(f.n_pv, 0.9)))
+    layer = sd.SafetyLayer(f, scr_min=3.0)
+    rng = np.random.default_rng(0)
+    retried = infeasible = 0
+    for _ in range(4):
+        snap = random_snapshot(f, rng, ramp=True).replace(pv_avail_mw=np.zeros(f.n_pv))
+        res = layer.project(random_action(f, rng), snap)
+        assert res.status in (PS.PROJECTED, PS.INFEASIBLE) and np.isfinite(res.action.to_vector()).all()
+        infeasible += res.status == PS.INFEASIBLE
+        for problem, r in calls:
+            tried = r.info["tried"]
+            assert "SCS" not in tried, tried
+            if not any(t.startswith("CLARABEL(retry") for t in tried):
+                continue
+            retried += 1
+            assert r.status == sd.backends.result.SolveStatus.OPTIMAL and r.solver == "CLARABEL"
+            problem.solve(solver="ECOS")
+            assert problem.status == "optimal"
+            assert r.objective == pytest.approx(problem.value, rel=1e-6, abs=1e-8)
+        calls.clear()
+    assert infeasible >= 2 and retried >= 4
+
+
 @pytest.mark.parametrize("case,opts", [
     ("ieee33-paperB-4", {}),
     ("ieee33-paperB", {"scr_min": 2.0}),
