@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 from torch import nn
@@ -648,8 +649,6 @@ class _RhsFn(torch.autograd.Function):
         else:
             h, c = ws.h, ws.c
         if B:
-            import numba
-
             nd = lambda t: t.detach().contiguous().numpy()  # noqa: E731
             kernels.rhs_batch(nd(load_p), nd(load_q), layer._capq_c, nodes, sn, b, parent, r2, x2,
                               layer.v_root_pu ** 2, layer._wmin_c, layer._wmax_c, layer._scr,
@@ -662,8 +661,6 @@ class _RhsFn(torch.autograd.Function):
     def backward(ctx, h_bar, c_bar):
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None, None
-        import numba
-
         nodes, sn, _b, parent, r2, x2 = ctx.layer._tree
         B = h_bar.shape[0]
         lp_bar = torch.zeros(B, ctx.nb, dtype=torch.float64)
