@@ -304,33 +304,26 @@ def to_pandapower(feeder: Feeder, p_mw=None, q_mvar=None, shunt_q_mvar=None):
     rated = np.isfinite(br.i_max_ka)
     imax = np.where(rated, br.i_max_ka, 99999.0)
     is_line = np.abs(vn[fb] - vn[tb]) < 1e-9
-    # lines and transformers interleave in the branch order: create them in runs so that the
-    # element order of each table is the branch order
-    names = list(br.name)
-    b0 = 0
-    while b0 < feeder.n_branch:
-        b1 = b0
-        while b1 < feeder.n_branch and is_line[b1] == is_line[b0]:
-            b1 += 1
-        k = np.arange(b0, b1)
-        if is_line[b0]:
-            pp.create_lines_from_parameters(
-                net, fb[k], tb[k], length_km=np.ones(k.size), r_ohm_per_km=br.r_ohm[k].astype(float),
-                x_ohm_per_km=br.x_ohm[k].astype(float),
-                c_nf_per_km=br.b_us[k].astype(float) / (2 * np.pi * f_hz) * 1e3, g_us_per_km=br.g_us[k].astype(float),
-                max_i_ka=imax[k].astype(float), in_service=br.in_service[k].astype(bool), name=[names[i] for i in k])
-        else:
-            hv = np.where(vn[fb[k]] > vn[tb[k]], fb[k], tb[k])
-            lv = np.where(vn[fb[k]] > vn[tb[k]], tb[k], fb[k])
-            vlv, vto = vn[lv], vn[tb[k]]
-            z = (br.r_ohm[k] + 1j * br.x_ohm[k]) * (vlv / vto) ** 2  # refer to the LV side
-            sn = np.where(rated[k], np.sqrt(3) * vlv * imax[k], 100.0)
-            zbase = vlv**2 / sn
-            pp.create_transformers_from_parameters(
-                net, hv, lv, sn_mva=sn, vn_hv_kv=vn[hv], vn_lv_kv=vlv, vkr_percent=z.real / zbase * 100,
-                vk_percent=np.abs(z) / zbase * 100, pfe_kw=np.zeros(k.size), i0_percent=np.zeros(k.size),
-                shift_degree=np.zeros(k.size), in_service=br.in_service[k].astype(bool), name=[names[i] for i in k])
-        b0 = b1
+    names = np.array(br.name, dtype=object)
+    k = np.flatnonzero(is_line)  # each table keeps the branch order of its own elements
+    if k.size:
+        pp.create_lines_from_parameters(
+            net, fb[k], tb[k], length_km=np.ones(k.size), r_ohm_per_km=br.r_ohm[k].astype(float),
+            x_ohm_per_km=br.x_ohm[k].astype(float), c_nf_per_km=br.b_us[k].astype(float) / (2 * np.pi * f_hz) * 1e3,
+            g_us_per_km=br.g_us[k].astype(float), max_i_ka=imax[k].astype(float),
+            in_service=br.in_service[k].astype(bool), name=list(names[k]))
+    k = np.flatnonzero(~is_line)
+    if k.size:
+        hv = np.where(vn[fb[k]] > vn[tb[k]], fb[k], tb[k])
+        lv = np.where(vn[fb[k]] > vn[tb[k]], tb[k], fb[k])
+        vlv, vto = vn[lv], vn[tb[k]]
+        z = (br.r_ohm[k] + 1j * br.x_ohm[k]) * (vlv / vto) ** 2  # refer to the LV side
+        sn = np.where(rated[k], np.sqrt(3) * vlv * imax[k], 100.0)
+        zbase = vlv**2 / sn
+        pp.create_transformers_from_parameters(
+            net, hv, lv, sn_mva=sn, vn_hv_kv=vn[hv], vn_lv_kv=vlv, vkr_percent=z.real / zbase * 100,
+            vk_percent=np.abs(z) / zbase * 100, pfe_kw=np.zeros(k.size), i0_percent=np.zeros(k.size),
+            shift_degree=np.zeros(k.size), in_service=br.in_service[k].astype(bool), name=list(names[k]))
     if p_mw is not None or q_mvar is not None:
         p = np.asarray(p_mw, dtype=float).reshape(n)
         q = np.asarray(q_mvar, dtype=float).reshape(n)
