@@ -8,6 +8,10 @@ a caller asked for it. Each error names the offending field in ``.field``.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 
 class SafeDispatchError(Exception):
     """Base class of every error raised by safedispatch.
@@ -41,3 +45,20 @@ class SolverError(SafeDispatchError):
 
 class BackendUnavailableError(SafeDispatchError, ImportError):
     """An optional package needed for the requested feature is not installed."""
+
+
+def finite_vector(value, n: int, name: str, *, integer: bool = False) -> np.ndarray:
+    """A finite float (or integer) vector of length ``n``; raises InputError naming ``name``."""
+    try:
+        a = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"expected real numbers: {exc}", name) from None
+    if a.shape != (n,):
+        raise InputError(f"expected shape ({n},), got {a.shape}", name)
+    if not math.isfinite(a.sum()) and not np.isfinite(a).all():  # one reduction in the common case
+        raise InputError(f"contains NaN or inf at positions {np.flatnonzero(~np.isfinite(a))[:5].tolist()}", name)
+    if integer:
+        if np.any(a != np.round(a)):
+            raise InputError("expected integer steps", name)
+        return a.astype(np.int64)
+    return a

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from safedispatch.errors import NetworkDataError
+from safedispatch.errors import InputError, NetworkDataError, finite_vector
 from safedispatch.network.feeder import BranchTable, BusTable, CapTable, ESSTable, Feeder, GenTable, LoadTable, PVTable
 
 __all__ = ["from_pandapower", "to_pandapower"]
@@ -285,6 +285,10 @@ def to_pandapower(feeder: Feeder, p_mw=None, q_mvar=None, shunt_q_mvar=None):
 
     Returns:
         A pandapower net with the feeder's bus order (pandapower bus ``i`` is feeder bus ``i``).
+
+    Raises:
+        InputError: an injection that is not a finite ``(n_bus,)`` vector, or only one of
+            ``p_mw`` and ``q_mvar``.
     """
     import pandapower as pp
 
@@ -324,9 +328,11 @@ def to_pandapower(feeder: Feeder, p_mw=None, q_mvar=None, shunt_q_mvar=None):
             net, hv, lv, sn_mva=sn, vn_hv_kv=vn[hv], vn_lv_kv=vlv, vkr_percent=z.real / zbase * 100,
             vk_percent=np.abs(z) / zbase * 100, pfe_kw=np.zeros(k.size), i0_percent=np.zeros(k.size),
             shift_degree=np.zeros(k.size), in_service=br.in_service[k].astype(bool), name=list(names[k]))
-    if p_mw is not None or q_mvar is not None:
-        p = np.asarray(p_mw, dtype=float).reshape(n)
-        q = np.asarray(q_mvar, dtype=float).reshape(n)
+    if (p_mw is None) != (q_mvar is None):
+        raise InputError("p_mw and q_mvar are given together or not at all", "q_mvar" if q_mvar is None else "p_mw")
+    if p_mw is not None:
+        p = finite_vector(p_mw, n, "p_mw")
+        q = finite_vector(q_mvar, n, "q_mvar")
         pp.create_loads(net, np.arange(n), p_mw=-p, q_mvar=-q)
     else:
         if len(feeder.load):
@@ -352,7 +358,7 @@ def to_pandapower(feeder: Feeder, p_mw=None, q_mvar=None, shunt_q_mvar=None):
                                soc_percent=(e.soc_init * 100).astype(float), max_p_mw=e.p_max_mw.astype(float),
                                min_p_mw=-e.p_max_mw.astype(float), name=list(e.name))
     if shunt_q_mvar is not None:
-        bq = np.asarray(shunt_q_mvar, dtype=float).reshape(n)
+        bq = finite_vector(shunt_q_mvar, n, "shunt_q_mvar")
         nz = np.flatnonzero(bq)
         if nz.size:
             pp.create_shunts(net, nz, q_mvar=-bq[nz], p_mw=np.zeros(nz.size))

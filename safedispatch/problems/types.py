@@ -8,32 +8,15 @@ positive). :func:`net_injection` turns both into the per-bus injections of
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from safedispatch.errors import InputError
+from safedispatch.errors import finite_vector as _vec
 from safedispatch.network.feeder import Feeder
 
 __all__ = ["Action", "Snapshot", "load_q_ratio", "net_injection"]
-
-
-def _vec(value, n: int, name: str, *, integer: bool = False) -> np.ndarray:
-    """A finite float (or integer) vector of length ``n``; raises InputError naming ``name``."""
-    try:
-        a = np.asarray(value, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"expected real numbers: {exc}", name) from None
-    if a.shape != (n,):
-        raise InputError(f"expected shape ({n},), got {a.shape}", name)
-    if not math.isfinite(a.sum()) and not np.isfinite(a).all():  # one reduction in the common case
-        raise InputError(f"contains NaN or inf at positions {np.flatnonzero(~np.isfinite(a))[:5].tolist()}", name)
-    if integer:
-        if np.any(a != np.round(a)):
-            raise InputError("expected integer steps", name)
-        return a.astype(np.int64)
-    return a
 
 
 @dataclass(frozen=True, eq=False)

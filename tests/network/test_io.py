@@ -157,3 +157,26 @@ def test_to_pandapower_injection_mode(rng):
     net = sd.to_pandapower(f, p, q)
     assert len(net.load) == f.n_bus and len(net.sgen) == 0
     np.testing.assert_allclose(-net.load.p_mw.to_numpy(), p)
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (("p", "q", None), None),
+    (("short", "q", None), "p_mw"),
+    (("p", "nan", None), "q_mvar"),
+    (("p", None, None), "q_mvar"),
+    ((None, "q", None), "p_mw"),
+    ((None, None, "short"), "shunt_q_mvar"),
+])
+def test_to_pandapower_rejects_bad_injections_naming_the_field(rng, args, field):
+    f = sd.load_case("ieee33")
+    p, q = random_injection(f, rng)
+    q_nan = q.copy()
+    q_nan[3] = np.nan
+    vals = {"p": p, "q": q, "short": p[:-1], "nan": q_nan, None: None}
+    call = [vals[a] for a in args]
+    if field is None:  # the valid call, as the control of the cases below
+        assert len(sd.to_pandapower(f, *call).load) == f.n_bus
+        return
+    with pytest.raises(sd.InputError) as ei:
+        sd.to_pandapower(f, *call)
+    assert ei.value.field == field
