@@ -132,7 +132,9 @@ def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options=None, retry=None
     solution has status INFEASIBLE, UNBOUNDED, LIMIT_REACHED or NUMERICAL_ERROR. Before the
     chain reaches a first-order solver (:data:`FIRST_ORDER`) or its end, every solver that
     stopped OPTIMAL_INACCURATE and has ``retry`` options is re-run with each of them in turn
-    until one gives a definite answer (listed as ``"NAME(retry k)"`` in ``info["tried"]``).
+    until one gives a definite answer (listed as ``"NAME(retry k)"`` in ``info["tried"]``). When
+    the chain ends without an answer, the latest OPTIMAL_INACCURATE point found on the way is
+    returned (with that solver's name and status) rather than none.
 
     Args:
         problem: The CVXPY problem.
@@ -145,6 +147,7 @@ def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options=None, retry=None
     retry = {} if retry is None else retry
     definite = (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE, SolveStatus.UNBOUNDED)
     errors, tried, used, inaccurate = {}, [], [], []
+    last_inaccurate = []  # (solver, (x, objective), raw status, iterations) of the latest inexact answer
     t0 = time.perf_counter()
     status = SolveStatus.NOT_SOLVED
 
@@ -161,8 +164,12 @@ def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options=None, retry=None
             status = SolveStatus.NUMERICAL_ERROR
             return False
         status = _STATUS.get(problem.status, SolveStatus.NUMERICAL_ERROR)
-        if status == SolveStatus.OPTIMAL_INACCURATE and name in retry and label == name:
-            inaccurate.append(name)
+        if status == SolveStatus.OPTIMAL_INACCURATE:
+            if name in retry and label == name:
+                inaccurate.append(name)
+            point = _point(problem)
+            if point is not None:
+                last_inaccurate[:] = [(name, point, problem.status, _iterations(problem))]
         return status in definite  # a definite answer: no fallback needed
 
     def retries():
@@ -179,13 +186,30 @@ def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options=None, retry=None
     else:
         retries()
     dt = time.perf_counter() - t0
+    point = _point(problem) if status.has_solution else None
+    solver, raw, iters = used[-1], problem.status, _iterations(problem)
+    if point is None and last_inaccurate and status not in definite:
+        # the chain ended without an answer (a later solver or retry raised or failed): an
+        # earlier inexact answer beats none (a definite INFEASIBLE or UNBOUNDED still wins)
+        solver, point, raw, iters = last_inaccurate[0]
+    if point is None:
+        status = SolveStatus.NUMERICAL_ERROR if status.has_solution else status
+        x, obj = {}, float("inf")
+    else:
+        status = _STATUS.get(raw, SolveStatus.NUMERICAL_ERROR)
+        x, obj = point
+    return SolveResult(status=status, x=x, objective=obj, solver=solver, solve_time_s=dt, iterations=iters,
+                       info={"tried": tried, "errors": errors, "raw_status": raw})
+
+
+def _point(problem: cp.Problem):
+    """``(x, objective)`` of the problem's current solution, or None when it is not finite."""
+    x = {v.name(): np.array(v.value, dtype=float) for v in problem.variables()}
+    if not all(np.isfinite(a).all() for a in x.values()) or problem.value is None:
+        return None
+    return x, float(problem.value)
+
+
+def _iterations(problem: cp.Problem) -> int:
     stats = problem.solver_stats
-    x = {}
-    if status.has_solution:
-        x = {v.name(): np.array(v.value, dtype=float) for v in problem.variables()}
-        if not all(np.isfinite(a).all() for a in x.values()):
-            status, x = SolveStatus.NUMERICAL_ERROR, {}
-    obj = float(problem.value) if status.has_solution and problem.value is not None else float("inf")
-    return SolveResult(status=status, x=x, objective=obj, solver=used[-1], solve_time_s=dt,
-                       iterations=int(getattr(stats, "num_iters", 0) or 0) if stats else 0,
-                       info={"tried": tried, "errors": errors, "raw_status": problem.status})
+    return int(getattr(stats, "num_iters", 0) or 0) if stats else 0
