@@ -194,7 +194,9 @@ def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options=None, retry=None
     dt = time.perf_counter() - t0
     prob = last[0]
     point = _point(prob) if prob is not None and status.has_solution else None
-    solver, raw, iters = used[-1], (prob.status if prob is not None else None), (_iterations(prob) if prob else 0)
+    solver, raw, iters = used[-1], None, 0
+    if prob is not None:
+        raw, iters = prob.status, _iterations(prob)
     if point is None and last_inaccurate and status not in definite:
         # the chain ended without an answer (a later solver or retry raised or failed): an
         # earlier inexact answer beats none (a definite INFEASIBLE or UNBOUNDED still wins)
