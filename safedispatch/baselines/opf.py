@@ -309,25 +309,34 @@ def solve_opf_problem(problem, solvers=cvxpy_.DEFAULT_SOLVERS):
 
     Returns:
         The :class:`~safedispatch.backends.result.SolveResult` of the last attempt, its
-        ``solve_time_s`` summed over the attempts and ``info["tried"]`` listing them.
+        ``solve_time_s`` summed over the attempts, ``info["tried"]`` listing them and
+        ``info["errors"]`` merged. When the last attempt has no answer (a later solver raised
+        or failed) and no definite verdict, the latest OPTIMAL_INACCURATE answer found on the
+        way is returned instead (as :func:`~safedispatch.backends.cvxpy_.solve` does within
+        one chain).
     """
     solvers = tuple(solvers)
     definite = (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE, SolveStatus.UNBOUNDED)
     first = cvxpy_.solve(problem, solvers[:1])
     if first.status in definite:
         return first
-    spent, tried = first.solve_time_s, list(first.info.get("tried", []))
-    r = first
+    attempts = [first]
+    tried = list(first.info.get("tried", []))
     if solvers[0] in OPF_RETRY_OPTIONS:
-        r = cvxpy_.solve(problem, solvers[:1], OPF_RETRY_OPTIONS)
-        spent += r.solve_time_s
+        attempts.append(cvxpy_.solve(problem, solvers[:1], OPF_RETRY_OPTIONS))
         tried += [f"{solvers[0]}(default tolerances)"]
-    if r.status not in definite and len(solvers) > 1:
-        r = cvxpy_.solve(problem, solvers[1:])
-        spent += r.solve_time_s
-        tried += list(r.info.get("tried", []))
-    r.solve_time_s = spent
+    if attempts[-1].status not in definite and len(solvers) > 1:
+        attempts.append(cvxpy_.solve(problem, solvers[1:]))
+        tried += list(attempts[-1].info.get("tried", []))
+    r = attempts[-1]
+    if not r.x and r.status not in definite:
+        r = next((a for a in reversed(attempts) if a.x), r)
+    errors = {}
+    for a in attempts:
+        errors.update(a.info.get("errors", {}))
+    r.solve_time_s = sum(a.solve_time_s for a in attempts)
     r.info["tried"] = tried
+    r.info["errors"] = errors
     return r
 
 

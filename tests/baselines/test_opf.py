@@ -157,3 +157,33 @@ def test_inaccurate_clarabel_is_retried_before_the_slow_fallback():
     assert chain.info["tried"] != ["CLARABEL"]
     # the chain ends in SCS, itself only OPTIMAL_INACCURATE: they agree to 1.3e-5 here
     assert res.objective == pytest.approx(chain.objective, rel=1e-4)
+
+
+def test_opf_solve_keeps_the_latest_inexact_answer_when_the_chain_ends_without_one(monkeypatch):
+    """SCS stopped early (inexact), re-run with more iterations (still inexact), then a solver that
+    is not installed raises: solve_opf_problem returns the re-run's point and status (equal to
+    SCS run alone with those options), not NUMERICAL_ERROR without a point."""
+    import importlib
+
+    import cvxpy as cp
+
+    from safedispatch.backends import cvxpy_
+    from safedispatch.backends.result import SolveStatus
+
+    opf_mod = importlib.import_module("safedispatch.baselines.opf")
+
+    def problem():
+        x = cp.Variable(5, name="x")
+        r = np.random.default_rng(7).normal(size=5)
+        return cp.Problem(cp.Minimize(cp.sum_squares(x - r)), [cp.norm(x) <= 1, x[0] + x[1] <= 0.1])
+
+    ref = cvxpy_.solve(problem(), solvers=["SCS"], options={"SCS": {"max_iters": 20}})
+    assert ref.status == SolveStatus.OPTIMAL_INACCURATE
+    monkeypatch.setitem(cvxpy_.DEFAULT_OPTIONS, "SCS", {"max_iters": 10})
+    monkeypatch.setattr(opf_mod, "OPF_RETRY_OPTIONS", {"SCS": {"max_iters": 20}})
+    res = opf_mod.solve_opf_problem(problem(), solvers=("SCS", "GUROBI"))
+    assert res.info["tried"] == ["SCS", "SCS(default tolerances)", "GUROBI"]
+    assert "GUROBI" in res.info["errors"]
+    assert res.status == SolveStatus.OPTIMAL_INACCURATE and res.solver == "SCS"
+    np.testing.assert_array_equal(res.x["x"], ref.x["x"])
+    assert res.objective == ref.objective
