@@ -327,11 +327,19 @@ def md_threads(threads: list[int]) -> str:
 def md_notes(report: dict) -> list[str]:
     """The Markdown report's notes and warnings sections (empty when there are none)."""
     md = []
-    warns = [w for run in report["runs"] for w in run["warnings"]]
+    # one line per warning, with the thread counts whose runs raised it (each run is a subprocess
+    # and records its own copy)
+    warns: dict = {}
+    for run in report["runs"]:
+        for w in run["warnings"]:
+            thr = warns.setdefault((w["category"], w["where"], w["message"]), [])
+            if run["threads"] not in thr:
+                thr.append(run["threads"])
     if report["notes"]:
         md += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     if warns:
         md += ["## Warnings raised during the run", ""]
-        md += [f"- {w['category']} at `{w['where']}`: {w['message']}" for w in warns]
+        md += [f"- {cat} at `{where}` (threads: {', '.join(map(str, thr))}): {msg}"
+               for (cat, where, msg), thr in warns.items()]
         md += [""]
     return md
