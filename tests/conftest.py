@@ -39,3 +39,13 @@ def random_injection(feeder, rng, load=(0.0, 1.5), pv=(0.0, 1.0), extra_gen_mw=0
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def small_socp(seed):
+    """A small second-order-cone projection problem (variable named "x") for the solver-chain
+    tests: the nearest point to a random r in the unit ball, under one linear row."""
+    import cvxpy as cp
+
+    x = cp.Variable(5, name="x")
+    r = np.random.default_rng(seed).normal(size=5)
+    return cp.Problem(cp.Minimize(cp.sum_squares(x - r)), [cp.norm(x) <= 1, x[0] + x[1] <= 0.1])

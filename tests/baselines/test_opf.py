@@ -165,23 +165,16 @@ def test_opf_solve_keeps_the_latest_inexact_answer_when_the_chain_ends_without_o
     SCS run alone with those options), not NUMERICAL_ERROR without a point."""
     import importlib
 
-    import cvxpy as cp
-
     from safedispatch.backends import cvxpy_
     from safedispatch.backends.result import SolveStatus
+    from tests.conftest import small_socp
 
     opf_mod = importlib.import_module("safedispatch.baselines.opf")
-
-    def problem():
-        x = cp.Variable(5, name="x")
-        r = np.random.default_rng(7).normal(size=5)
-        return cp.Problem(cp.Minimize(cp.sum_squares(x - r)), [cp.norm(x) <= 1, x[0] + x[1] <= 0.1])
-
-    ref = cvxpy_.solve(problem(), solvers=["SCS"], options={"SCS": {"max_iters": 20}})
+    ref = cvxpy_.solve(small_socp(7), solvers=["SCS"], options={"SCS": {"max_iters": 20}})
     assert ref.status == SolveStatus.OPTIMAL_INACCURATE
     monkeypatch.setitem(cvxpy_.DEFAULT_OPTIONS, "SCS", {"max_iters": 10})
     monkeypatch.setattr(opf_mod, "OPF_RETRY_OPTIONS", {"SCS": {"max_iters": 20}})
-    res = opf_mod.solve_opf_problem(problem(), solvers=("SCS", "GUROBI"))
+    res = opf_mod.solve_opf_problem(small_socp(7), solvers=("SCS", "GUROBI"))
     assert res.info["tried"] == ["SCS", "SCS(default tolerances)", "GUROBI"]
     assert "GUROBI" in res.info["errors"]
     assert res.status == SolveStatus.OPTIMAL_INACCURATE and res.solver == "SCS"
