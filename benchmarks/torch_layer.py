@@ -145,27 +145,20 @@ def _bench_case(name, quick, seed, console):
 
             # steady state, as in a training loop: the first WARM_CALLS calls of a new batch size
             # allocate the layer's workspaces (two alternate while the previous graph is alive),
-            # and fresh pages cost as much as the solve at batch 65 536; they are timed apart
-            first = []
-            for _ in range(WARM_CALLS):
+            # and fresh pages cost as much as the solve at batch 65 536; they are kept apart
+            pairs = []
+            for _ in range(WARM_CALLS + (REPEATS[B] if not quick else 3)):
                 t0 = time.perf_counter()
                 fwd()
                 t1 = time.perf_counter()
                 bwd()
-                first.append((t1 - t0, time.perf_counter() - t1))
-            fts, bts = [], []
-            for _ in range(REPEATS[B] if not quick else 3):
-                t0 = time.perf_counter()
-                fwd()
-                fts.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                bwd()
-                bts.append(time.perf_counter() - t0)
+                pairs.append((t1 - t0, time.perf_counter() - t1))
+            first = pairs[:WARM_CALLS]
+            fts, bts = (list(col) for col in zip(*pairs[WARM_CALLS:]))
             st = tl.last_status
             row[key] = {"device": str(dev), "forward_s": float(np.median(fts)), "backward_s": float(np.median(bts)),
                         "repeats": len(fts), "forward_per_s": B / float(np.median(fts)),
-                        "first_calls_s": [list(fb) for fb in first],
-                        "backward_per_s": B / float(np.median(bts)),
+                        "backward_per_s": B / float(np.median(bts)), "first_calls_s": [list(fb) for fb in first],
                         "status": {s.name: int((st == s).sum()) for s in sd.ProjectionStatus},
                         "info": dict(tl.last_info)}
         # the torch solver on CPU (forward with the autograd graph, as above)
