@@ -197,7 +197,7 @@ def _instances(feeder, net: dict, n: int, seed: int) -> list[dict]:
                     "load_p": np.asarray(snap.load_p_mw, float)[net["bus"]],
                     "load_q": np.asarray(snap.load_q_mvar, float)[net["bus"]],
                     "avail": np.asarray(snap.pv_avail_mw, float), "raw_p": np.asarray(act.pv_p_mw, float),
-                    "raw_q": np.asarray(act.pv_q_mvar, float), "w0": float(snap.v_root_pu) ** 2})
+                    "raw_q": np.asarray(act.pv_q_mvar, float), "w0": float(snap.checked(feeder).v_root_pu) ** 2})
     return out
 
 

@@ -89,7 +89,9 @@ class Snapshot:
         prev: Set-points applied at the previous step (for ramp limits and capacitor
             switching); None = no ramp constraint.
         ess_soc: ``(n_ess,)`` state of charge (fraction); None = ``ess.soc_init``.
-        v_root_pu: Substation voltage magnitude.
+        v_root_pu: Substation voltage magnitude (pu); None = the feeder's own
+            ``root_vm_pu`` (the ext_grid set-point of a converted pandapower net). A value
+            stated here wins.
         dt_h: Step length (hours): ramp limits scale with it, storage energy too.
     """
 
@@ -98,7 +100,7 @@ class Snapshot:
     pv_avail_mw: np.ndarray
     prev: Action | None = None
     ess_soc: np.ndarray | None = None
-    v_root_pu: float = 1.0
+    v_root_pu: float | None = None
     dt_h: float = 0.25
     _checked_for: object = field(default=None, repr=False, compare=False)
 
@@ -136,8 +138,8 @@ class Snapshot:
             bad = (soc < feeder.ess.soc_min - tol) | (soc > feeder.ess.soc_max + tol)
             if bad.any():
                 raise InputError(f"expected soc_min <= ess_soc <= soc_max, got {soc[bad].tolist()}", "snapshot.ess_soc")
-        for name in ("v_root_pu", "dt_h"):
-            v = getattr(self, name)
+        v_root = feeder.root_vm_pu if self.v_root_pu is None else self.v_root_pu
+        for name, v in (("v_root_pu", v_root), ("dt_h", self.dt_h)):
             if not (isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v) and v > 0):
                 raise InputError(f"expected a finite number > 0, got {v!r}", f"snapshot.{name}")
         prev = None
@@ -151,7 +153,7 @@ class Snapshot:
                 raise InputError("previous set-points outside the inverters' rating at "
                                  f"{np.flatnonzero(bad)[:5].tolist()}", "snapshot.prev")
         out = Snapshot(load_p_mw=lp, load_q_mvar=lq, pv_avail_mw=av, prev=prev, ess_soc=soc,
-                       v_root_pu=float(self.v_root_pu), dt_h=float(self.dt_h))
+                       v_root_pu=float(v_root), dt_h=float(self.dt_h))
         object.__setattr__(out, "_checked_for", feeder)
         return out
 

@@ -535,6 +535,8 @@ class SafetyLayer:
                 return None
             has_prev = True
         v, dt = snapshot.v_root_pu, snapshot.dt_h
+        if v is None:
+            v = f.root_vm_pu
         if not (type(v) is float and type(dt) is float and 0.0 < v < math.inf and 0.0 < dt < math.inf):
             return None
         ws = v * v

@@ -144,7 +144,8 @@ class TorchSafetyLayer(nn.Module):
         scr_min: Minimum short-circuit ratio (see :class:`SafetyLayer`); None: off.
         pv_error_sd_mw, confidence: Chance-constraint margins (see :class:`SafetyLayer`).
         cap_step: ``(n_cap,)`` fixed capacitor steps (default ``feeder.cap.step_init``).
-        v_root_pu: Substation voltage magnitude.
+        v_root_pu: Substation voltage magnitude (pu); None = the feeder's ``root_vm_pu`` (as
+            :class:`~safedispatch.Snapshot`).
         dt_h: Step length (hours) for the ramp limits.
         tol: KKT tolerance of the torch solver: every limit met to ``tol * max(1, |x|_inf)``
             (rows scaled to unit norm, so a distance in MW/MVAr), complementarity to the same.
@@ -173,7 +174,7 @@ class TorchSafetyLayer(nn.Module):
     """
 
     def __init__(self, feeder: Feeder, model: str = "lindistflow", weights_pv=None, scr_min: float | None = None,
-                 pv_error_sd_mw=None, confidence: float = 0.95, cap_step=None, v_root_pu: float = 1.0,
+                 pv_error_sd_mw=None, confidence: float = 0.95, cap_step=None, v_root_pu: float | None = None,
                  dt_h: float = 0.25, tol: float = 1e-9, max_iter: int = 50, fallback: bool = True,
                  chunk: int = 8192, backend: str = "auto", reuse_buffers: bool = True):
         super().__init__()
@@ -182,6 +183,8 @@ class TorchSafetyLayer(nn.Module):
                              "model")
         if feeder.n_pv == 0:
             raise InputError("expected a feeder with at least one inverter", "feeder")
+        if v_root_pu is None:
+            v_root_pu = feeder.root_vm_pu
         for name, val in (("v_root_pu", v_root_pu), ("dt_h", dt_h), ("tol", tol)):
             if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
                 raise InputError(f"expected a finite number > 0, got {val!r}", name)

@@ -34,6 +34,7 @@ def lindistflow_vm(f, snap, act):
     Rw, Xw, _ = affine_maps(tree)
     p, q, sh = net_injection(f, snap, act)
     nodes = tree.bus[1:]
+    snap = snap.checked(f)
     w = snap.v_root_pu**2 + Rw @ (p[nodes] / f.sn_mva) + Xw @ ((q + sh)[nodes] / f.sn_mva + tree.b_pu[1:])
     vm = np.full(f.n_bus, snap.v_root_pu)
     vm[nodes] = np.sqrt(w)

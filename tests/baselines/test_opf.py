@@ -41,7 +41,8 @@ def pp_runopp(feeder, snap, curtailment=0.0):
 
 def pp_check_setpoints(feeder, snap, act):
     """pandapower Newton-Raphson at the set-points: (losses MW, max V violation pu, max loading)."""
-    p, q, sh = sd.net_injection(feeder, snap.checked(feeder), act.checked(feeder))
+    snap = snap.checked(feeder)
+    p, q, sh = sd.net_injection(feeder, snap, act.checked(feeder))
     net = pp_powerflow(feeder, p, q, shunt_q_mvar=sh, v_root_pu=snap.v_root_pu)
     vm = net.res_bus.vm_pu.to_numpy()
     viol = max(np.max(vm - feeder.bus.vm_max_pu), np.max(feeder.bus.vm_min_pu - vm), 0.0)

@@ -65,7 +65,7 @@ def model_state(feeder, snap, act, mats=None):
     if feeder.n_cap:
         steps = act.cap_step if act.cap_step is not None else feeder.cap.step_init
         np.add.at(q, feeder.cap.bus, np.asarray(steps) * feeder.cap.q_step_mvar)
-    w = snap.v_root_pu**2 + R @ p + X @ q
+    w = snap.checked(feeder).v_root_pu**2 + R @ p + X @ q
     return w, F @ (-p), F @ (-q)
 
 
@@ -122,7 +122,7 @@ def reference_projection(feeder, snap, raw, cap_weight=1.0, mats=None):
         np.add.at(qc, feeder.cap.bus, np.asarray(combo) * feeder.cap.q_step_mvar)
         pin = p0 + Bpv @ p
         qin = qc + Bpv @ q
-        w = snap.v_root_pu**2 + R @ pin + X @ qin
+        w = snap.checked(feeder).v_root_pu**2 + R @ pin + X @ qin
         P, Q = (F @ (-pin))[on], (F @ (-qin))[on]
         hi = np.minimum(snap.pv_avail_mw, pv.s_mva)
         lo = np.zeros_like(hi)
@@ -160,7 +160,7 @@ def reference_min_violation(feeder, snap, mats=None):
         np.add.at(qc, feeder.cap.bus, np.asarray(combo) * feeder.cap.q_step_mvar)
         pin = -np.asarray(snap.load_p_mw, float) + Bpv @ p
         qin = qc + Bpv @ q
-        w = (snap.v_root_pu**2 + R @ pin + X @ qin)[nonroot]
+        w = (snap.checked(feeder).v_root_pu**2 + R @ pin + X @ qin)[nonroot]
         P, Q = (F @ (-pin))[on], (F @ (-qin))[on]
         vmax2, vmin2 = feeder.bus.vm_max_pu[nonroot] ** 2, feeder.bus.vm_min_pu[nonroot] ** 2
         viol = (cp.sum(cp.pos(w - vmax2)) + cp.sum(cp.pos(vmin2 - w))

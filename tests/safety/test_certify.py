@@ -15,7 +15,8 @@ from safedispatch.safety.certify import certify
 
 def pandapower_violation(feeder, snap, action, shed=None):
     """(voltage violation pu, loading violation) of an action judged by pandapower runpp."""
-    p, q, sh = sd.net_injection(feeder, snap.checked(feeder), action.checked(feeder), shed)
+    snap = snap.checked(feeder)
+    p, q, sh = sd.net_injection(feeder, snap, action.checked(feeder), shed)
     net = sd.to_pandapower(feeder, p, q, shunt_q_mvar=sh)
     net.ext_grid["vm_pu"] = snap.v_root_pu
     pp.runpp(net, tolerance_mva=1e-9)
@@ -106,7 +107,8 @@ def test_socp_relaxation_gap_on_ieee33_snapshots(record_property):
         res = layer.project(raw, snap)
         if "socp_losses_mw" not in res.info:
             continue  # unchanged: no relaxed solve
-        p, q, sh = sd.net_injection(f, snap.checked(f), res.action)
+        snap = snap.checked(f)
+        p, q, sh = sd.net_injection(f, snap, res.action)
         ac = sd.run_powerflow(f, p, q, v_root_pu=snap.v_root_pu)
         relaxed, exact, gap = res.info["socp_losses_mw"], float(ac.p_loss_mw), res.info["socp_cone_gap"]
         rows.append((relaxed, exact, gap))
@@ -211,3 +213,38 @@ def test_ramp_and_storage_limits():
     # storage at soc_min cannot discharge, at soc_max cannot charge
     assert r.action.ess_p_mw[0] <= 1e-9 and r.action.ess_p_mw[2] >= -1e-9
     assert r.action.ess_p_mw[1] == pytest.approx(0.5, abs=1e-4)  # interior-point accuracy on a variable
+
+
+def test_snapshot_defaults_to_the_feeders_root_voltage_and_certifies_against_it():
+    """A converted net whose ext_grid holds 1.03 pu: the default snapshot, the lean path, the
+    certification and the torch layer all use 1.03 pu, and pandapower (ext_grid at the net's
+    own set-point, not the snapshot's) agrees with the certificate."""
+    f = sd.load_case("ieee33-paperB-4").replace(root_vm_pu=1.03)
+    snap = sd.Snapshot.nominal(f, load=0.3, pv=1.0)
+    assert snap.v_root_pu is None and snap.checked(f).v_root_pu == 1.03
+    raw = sd.Action(pv_p_mw=snap.pv_avail_mw, pv_q_mvar=-0.3 * snap.pv_avail_mw)
+    layer = sd.SafetyLayer(f)
+    lean = layer.project(raw, snap)
+    assert lean.vm_pu[f.root_bus] == pytest.approx(1.03)
+    res = layer.project(raw, snap, certify_ac=True)
+    assert res.certified
+    net = sd.to_pandapower(f)  # the user's net: ext_grid at the feeder's 1.03 pu
+    p, q, sh = sd.net_injection(f, snap.checked(f), res.action.checked(f))
+    net.load.drop(net.load.index, inplace=True)
+    pp.create_loads(net, np.arange(f.n_bus), p_mw=-p, q_mvar=-q)
+    nz = np.flatnonzero(sh)
+    if nz.size:
+        pp.create_shunts(net, nz, q_mvar=-sh[nz], p_mw=np.zeros(nz.size))
+    net.sgen.drop(net.sgen.index, inplace=True)
+    pp.runpp(net, tolerance_mva=1e-9)
+    assert net.ext_grid.vm_pu.iloc[0] == 1.03
+    assert net.res_bus.vm_pu.max() <= f.bus.vm_max_pu.max() + 1e-6
+    # an explicit snapshot value wins over the feeder's
+    assert layer.project(raw, snap.replace(v_root_pu=1.0)).vm_pu[f.root_bus] == pytest.approx(1.0)
+    tl = sd.TorchSafetyLayer(f)
+    assert tl.v_root_pu == 1.03
+    import torch
+
+    x = torch.tensor(np.r_[raw.pv_p_mw, raw.pv_q_mvar])[None]
+    safe = tl(x, *(torch.tensor(a)[None] for a in (snap.load_p_mw, snap.load_q_mvar, snap.pv_avail_mw)))
+    np.testing.assert_allclose(safe[0].numpy(), np.r_[lean.action.pv_p_mw, lean.action.pv_q_mvar], atol=1e-6)
