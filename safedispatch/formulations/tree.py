@@ -28,7 +28,12 @@ class TreeData:
     Attributes:
         parent: ``(n,)`` parent node, -1 at node 0; ``parent[j] < j``.
         r_pu, x_pu: ``(n,)`` series impedance of the branch into each node (0 at node 0).
-        b_pu: ``(n,)`` constant shunt susceptance per node (line charging halves), pu.
+        b_pu: ``(n,)`` constant shunt susceptance per node, pu: reactive power injected at
+            1 pu by the fixed shunts there (half of each adjacent in-service branch's shunt
+            susceptance: line charging > 0, transformer magnetizing < 0; minus the bus's fixed
+            shunt consumption ``BusTable.shunt_q_mvar``). Formulations add it to the node's
+            reactive injection as a constant (see :mod:`~safedispatch.formulations.lindistflow`);
+            shunt conductances are not represented.
         s_max_pu: ``(n,)`` apparent-power rating of the branch into each node (inf: none).
         vm_min_pu, vm_max_pu: ``(n,)`` voltage limits (node 0's are not enforced).
         bus: ``(n,)`` feeder bus index of each node.

@@ -12,7 +12,14 @@ from safedispatch.network.feeder import (
                                          PVTable,
                                          RadialStructure,
 )
-from safedispatch.network.io import from_pandapower, to_pandapower
+from safedispatch.network.io import (
+                                         ConversionReport,
+                                         conversion_report,
+                                         from_pandapower,
+                                         injection_from_pandapower,
+                                         to_pandapower,
+)
 
-__all__ = ["BranchTable", "BusTable", "CapTable", "ESSTable", "Feeder", "GenTable", "LoadTable", "PVTable",
-           "RadialStructure", "from_pandapower", "list_cases", "load_case", "to_pandapower"]
+__all__ = ["BranchTable", "BusTable", "CapTable", "ConversionReport", "ESSTable", "Feeder", "GenTable", "LoadTable",
+           "PVTable", "RadialStructure", "conversion_report", "from_pandapower", "injection_from_pandapower",
+           "list_cases", "load_case", "to_pandapower"]

@@ -91,7 +91,7 @@ def _weak_bus_18(f: Feeder) -> BusTable:
     s_sc = np.full(f.n_bus, np.inf)
     s_sc[_b(18)] = 2.8 * PAPER_B_CLUSTERS[18]
     return BusTable(vn_kv=f.bus.vn_kv, vm_min_pu=f.bus.vm_min_pu, vm_max_pu=f.bus.vm_max_pu, s_sc_mva=s_sc,
-                    name=f.bus.name)
+                    shunt_p_mw=f.bus.shunt_p_mw, shunt_q_mvar=f.bus.shunt_q_mvar, name=f.bus.name)
 
 
 def _case_ieee33():
@@ -196,7 +196,6 @@ def _case_simbench(name: str):
     for other in lv[1:]:
         pp.create_switch(net, lv[0], other, et="b", closed=True)
     pp.create_ext_grid(net, lv[0], vm_pu=vm)
-    net.sgen.loc[net.sgen.type == "lv_RES", "type"] = "PV"
     f = from_pandapower(net, name=name)
     return f.replace(notes=f"SimBench {SIMBENCH_CODES[name]} (CC BY 4.0), MV level with slack at the busbar; "
                            "see safedispatch.network.cases")

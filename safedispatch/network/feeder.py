@@ -103,6 +103,13 @@ class BusTable(_Table):
         s_sc_mva: Short-circuit capacity at the bus (MVA); ``inf`` where not specified.
             Used by the short-circuit-ratio bound at weak buses (paper B).
         name: Bus names.
+        shunt_p_mw, shunt_q_mvar: Fixed constant-admittance shunt per bus, as **consumption at
+            1 pu** (pandapower's shunt convention: a capacitor has ``shunt_q_mvar < 0``); at
+            voltage ``V`` the shunt draws ``shunt_p_mw * V^2`` and ``shunt_q_mvar * V^2``. Any
+            finite value (default 0). ``from_pandapower`` puts here fixed shunts, the impedance
+            part of wards, and the charging / magnetizing admittance of branches connected at
+            one end only (behind an open switch). Switchable capacitor banks are a
+            :class:`CapTable`, not this.
     """
 
     vn_kv: np.ndarray
@@ -110,9 +117,12 @@ class BusTable(_Table):
     vm_max_pu: np.ndarray | None = None
     s_sc_mva: np.ndarray | None = None
     name: tuple | None = None
+    shunt_p_mw: np.ndarray | None = None
+    shunt_q_mvar: np.ndarray | None = None
 
-    _dtypes = {"vn_kv": float, "vm_min_pu": float, "vm_max_pu": float, "s_sc_mva": float}
-    _defaults = {"vm_min_pu": 0.95, "vm_max_pu": 1.05, "s_sc_mva": np.inf}
+    _dtypes = {"vn_kv": float, "vm_min_pu": float, "vm_max_pu": float, "s_sc_mva": float, "shunt_p_mw": float,
+               "shunt_q_mvar": float}
+    _defaults = {"vm_min_pu": 0.95, "vm_max_pu": 1.05, "s_sc_mva": np.inf, "shunt_p_mw": 0.0, "shunt_q_mvar": 0.0}
 
     def _validate(self, table):
         _check(table, "vn_kv", self.vn_kv, np.isfinite(self.vn_kv) & (self.vn_kv > 0), "finite > 0 kV")
@@ -121,20 +131,26 @@ class BusTable(_Table):
         _check(table, "vm_max_pu", self.vm_max_pu, np.isfinite(self.vm_max_pu) & (self.vm_max_pu >= self.vm_min_pu),
                "finite and >= vm_min_pu")
         _check(table, "s_sc_mva", self.s_sc_mva, self.s_sc_mva > 0, "> 0 MVA (inf when unknown)")
+        _check(table, "shunt_p_mw", self.shunt_p_mw, np.isfinite(self.shunt_p_mw), "finite MW at 1 pu")
+        _check(table, "shunt_q_mvar", self.shunt_q_mvar, np.isfinite(self.shunt_q_mvar), "finite MVAr at 1 pu")
 
 
 @dataclass(frozen=True, eq=False)
 class BranchTable(_Table):
-    """Lines (and transformers modelled as series impedance). All arrays are ``(n_branch,)``.
+    """Lines and two-winding transformers as symmetric pi models. All arrays are ``(n_branch,)``.
 
-    Impedances are in ohm referred to the voltage level of ``to_bus`` (for a line both ends
-    have the same level). A line's shunt admittance (``b_us``, ``g_us``, total for the line)
-    is split half at each end (pi model, as pandapower).
+    Impedances and admittances are in ohm and microsiemens referred to the voltage level of
+    ``to_bus`` (for a line both ends have the same level). The shunt admittance (``b_us``,
+    ``g_us``, total for the branch) is split half at each end (pi model, as pandapower). A
+    line's shunt is its charging (``b_us > 0``); a transformer's is its magnetizing branch
+    (iron losses ``g_us > 0``, magnetizing susceptance ``b_us < 0``), see
+    :func:`~safedispatch.network.io.from_pandapower`.
 
     Attributes:
         from_bus, to_bus: 0-based bus indices.
         r_ohm, x_ohm: Series resistance and reactance (ohm).
-        b_us, g_us: Total shunt susceptance and conductance (microsiemens).
+        b_us, g_us: Total shunt susceptance (any finite value) and conductance (>= 0)
+            (microsiemens).
         i_max_ka: Thermal rating (kA); ``inf`` for unrated branches.
         in_service: False for open switches and out-of-service branches (e.g. tie lines).
         name: Branch names.

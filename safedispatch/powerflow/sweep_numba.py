@@ -49,7 +49,7 @@ def _sweep_one(order, parent, z, y, s, b_extra, v0, tol, max_iter, v, j):
         order: (n,) breadth-first bus order, root first.
         parent: (n,) parent bus (-1 at root).
         z: (n,) series impedance (pu) of the branch from each bus's parent.
-        y: (n,) fixed shunt admittance per bus (pu): line charging halves.
+        y: (n,) fixed shunt admittance per bus (pu): branch shunt halves and bus shunts.
         s: (n,) complex injection (pu), positive into the network.
         b_extra: (n,) extra shunt susceptance (pu), e.g. switched capacitors.
         v0: complex slack voltage (pu).
@@ -98,12 +98,15 @@ def _sweep_one(order, parent, z, y, s, b_extra, v0, tol, max_iter, v, j):
 _sweep_one_jit = njit(cache=True, nogil=True)(_sweep_one)
 
 
-def _flows_one(v, j, s, b_extra, child, par, yh, fwd, ib, imax, on, sn, vm, va, i_ka, loading, flows, totals, k):
+def _flows_one(v, j, s, b_extra, ysh, child, par, yh, fwd, ib, imax, on, sn, vm, va, i_ka, loading, flows, totals,
+               k):
     """Bus voltages, branch currents and flows, losses and slack supply of solved sample k.
 
     Writes ``vm[k], va[k]`` (n,), ``i_ka[k], loading[k]`` (n_branch,), ``flows[:, k]`` =
-    [p_from, q_from, p_to, q_to] and ``totals[:, k]`` = [p_loss, q_loss, p_slack, q_slack];
-    branch arrays are indexed by ``on``.
+    [p_from, q_from, p_to, q_to] and ``totals[:, k]`` = [p_loss, q_loss, p_slack, q_slack,
+    p_shunt, q_shunt]; branch arrays are indexed by ``on``. ``ysh`` (n,) is the fixed bus
+    shunt admittance (pu), whose consumption is ``conj(ysh) |v|^2``; ``b_extra`` the
+    switched capacitors' susceptance (injection ``b_extra |v|^2``).
     """
     deg = 180.0 / np.pi
     for b in range(v.shape[0]):
@@ -130,23 +133,28 @@ def _flows_one(v, j, s, b_extra, child, par, yh, fwd, ib, imax, on, sn, vm, va, 
         flows[2, k, b] = sc_.real
         flows[3, k, b] = sc_.imag
     # slack supply = losses + shunt consumption - injections
-    pr = lr
-    qr = li
+    psh = 0.0
+    qsh = 0.0
+    pin = 0.0
+    qin = 0.0
     for b in range(v.shape[0]):
         m2 = v[b].real * v[b].real + v[b].imag * v[b].imag
-        qr -= b_extra[b] * sn * m2
-        pr -= s[b].real * sn
-        qr -= s[b].imag * sn
+        psh += ysh[b].real * sn * m2
+        qsh -= (ysh[b].imag + b_extra[b]) * sn * m2
+        pin += s[b].real * sn
+        qin += s[b].imag * sn
     totals[0, k] = lr
     totals[1, k] = li
-    totals[2, k] = pr
-    totals[3, k] = qr
+    totals[2, k] = lr + psh - pin
+    totals[3, k] = li + qsh - qin
+    totals[4, k] = psh
+    totals[5, k] = qsh
 
 
 _flows_one_jit = njit(cache=True, nogil=True)(_flows_one)
 
 
-def _sample(k, order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
+def _sample(k, order, parent, z, y, ysh, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
             iters, status, vm, va, i_ka, loading, flows, totals):
     """Solve sample k and write its outputs (scratch voltages and currents are per sample)."""
     n = order.shape[0]
@@ -156,7 +164,8 @@ def _sample(k, order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, y
     it, st = _sweep_one_jit(order, parent, z, y, s[k], bx, v0[k], tol, max_iter, v, j)
     iters[k] = it
     status[k] = st
-    _flows_one_jit(v, j, s[k], bx, child, par, yh, fwd, ib, imax, on, sn, vm, va, i_ka, loading, flows, totals, k)
+    _flows_one_jit(v, j, s[k], bx, ysh, child, par, yh, fwd, ib, imax, on, sn, vm, va, i_ka, loading, flows, totals,
+                   k)
 
 
 _sample_jit = njit(cache=True, nogil=True)(_sample)
@@ -164,18 +173,18 @@ _sample_jit = njit(cache=True, nogil=True)(_sample)
 
 # Two separate Python functions, not one jitted twice: numba's cache key ignores
 # ``parallel=``, so a shared function would load the serial machine code for both.
-def _batch_serial(order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
+def _batch_serial(order, parent, z, y, ysh, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
                   iters, status, vm, va, i_ka, loading, flows, totals):
     for k in range(s.shape[0]):
-        _sample_jit(k, order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
+        _sample_jit(k, order, parent, z, y, ysh, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
                     iters, status, vm, va, i_ka, loading, flows, totals)
 
 
-def _batch_parallel(order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
-                    iters, status, vm, va, i_ka, loading, flows, totals):
+def _batch_parallel(order, parent, z, y, ysh, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on,
+                    sn, iters, status, vm, va, i_ka, loading, flows, totals):
     for kk in prange(s.shape[0]):
         k = np.int64(kk)  # prange's index is unsigned; keep index arithmetic in int64
-        _sample_jit(k, order, parent, z, y, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
+        _sample_jit(k, order, parent, z, y, ysh, s, b_extra, v0, tol, max_iter, child, par, yh, fwd, ib, imax, on, sn,
                     iters, status, vm, va, i_ka, loading, flows, totals)
 
 
@@ -202,14 +211,14 @@ def solve(m, s, b_extra, v0, tol, max_iter, n_branch, sn):
     Returns:
         dict of arrays: vm, va (K, n) (pu, degrees); iters (K,) int64; status (K,) int8;
         i_ka, loading (K, n_branch); flows (4, K, n_branch) = [p_from, q_from, p_to, q_to]
-        (MW, MVAr); totals (4, K) = [p_loss, q_loss, p_slack, q_slack].
+        (MW, MVAr); totals (6, K) = [p_loss, q_loss, p_slack, q_slack, p_shunt, q_shunt].
     """
     K, n = s.shape
     r = dict(vm=np.empty((K, n)), va=np.empty((K, n)), iters=np.zeros(K, dtype=np.int64),
              status=np.zeros(K, dtype=np.int8), i_ka=np.zeros((K, n_branch)), loading=np.zeros((K, n_branch)),
-             flows=np.zeros((4, K, n_branch)), totals=np.zeros((4, K)))
+             flows=np.zeros((4, K, n_branch)), totals=np.zeros((6, K)))
     fn = _sweep_parallel if K >= PARALLEL_MIN_BATCH else _sweep_serial
-    fn(m.order, m.parent, m.z, m.y, s, b_extra, v0, float(tol), int(max_iter), m.child, m.par, m.yh,
+    fn(m.order, m.parent, m.z, m.y, m.ysh, s, b_extra, v0, float(tol), int(max_iter), m.child, m.par, m.yh,
        m.from_is_parent, m.ibase_ka, m.i_max_ka, m.on, float(sn), r["iters"], r["status"], r["vm"], r["va"],
        r["i_ka"], r["loading"], r["flows"], r["totals"])
     return r

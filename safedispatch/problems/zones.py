@@ -99,13 +99,18 @@ def model_network(feeder: Feeder, zone: int | None = None) -> ModelNetwork:
     x[1:] = br.x_ohm[branch[1:]] / zbase
     s_max = np.full(n, np.inf)
     s_max[1:] = np.sqrt(3.0) * vn[buses[1:]] * br.i_max_ka[branch[1:]] / sn
-    # line charging: half of every in-service branch's susceptance at each of its ends
+    # constant shunt susceptance (Q injected at 1 pu): half of every in-service branch's
+    # susceptance at each of its ends (line charging > 0, transformer magnetizing < 0), and the
+    # buses' fixed shunts (consumption shunt_q_mvar at 1 pu, so -shunt_q_mvar injected). Shunt
+    # conductances (iron losses, shunt_p_mw) are not in TreeData: LinDistFlow neglects them as it
+    # neglects series losses.
     b = np.zeros(n)
     on = np.flatnonzero(br.in_service)
     half = 0.5 * br.b_us[on] * 1e-6 * vn[br.to_bus[on]] ** 2 / sn
     for ends in (br.from_bus[on], br.to_bus[on]):
         nd = node_of_bus[ends]
         np.add.at(b, nd[nd >= 0], half[nd >= 0])
+    b -= np.asarray(feeder.bus.shunt_q_mvar, dtype=float)[buses] / sn
     tree = TreeData(parent=parent, r_pu=r, x_pu=x, b_pu=b, s_max_pu=s_max, vm_min_pu=feeder.bus.vm_min_pu[buses].copy(),
                     vm_max_pu=feeder.bus.vm_max_pu[buses].copy(), bus=buses, branch=branch)
     inside = members.copy()

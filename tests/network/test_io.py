@@ -8,6 +8,7 @@ import pandapower.networks as pn
 import pytest
 
 import safedispatch as sd
+from safedispatch.network.io import injection_from_pandapower
 from tests.conftest import random_injection
 
 
@@ -70,24 +71,25 @@ def test_parallel_lines_are_merged_exactly():
     assert r.p_loss_mw == pytest.approx(net.res_line.pl_mw.sum(), abs=1e-8)
 
 
-def test_transformer_as_series_impedance():
+@pytest.mark.parametrize("trafo_model", ["t", "pi"])
+def test_transformer_with_magnetizing_branch_matches_pandapower(trafo_model):
     net = pn.case33bw()
     hv = pp.create_bus(net, vn_kv=110.0)
     pp.create_transformer_from_parameters(net, hv, 0, sn_mva=25.0, vn_hv_kv=110.0, vn_lv_kv=12.66, vkr_percent=0.41,
-                                          vk_percent=12.0, pfe_kw=14.0, i0_percent=0.07)
+                                          vk_percent=12.0, pfe_kw=14.0, i0_percent=0.07, parallel=2)
     net.ext_grid.loc[0, "bus"] = hv
-    f = sd.from_pandapower(net)
+    f = sd.from_pandapower(net, trafo_model=trafo_model)
     assert f.n_bus == 34 and f.bus.vn_kv[f.root_bus] == 110.0
     t = f.branch.name.index("trafo 0")
-    assert f.branch.i_max_ka[t] == pytest.approx(25 / (np.sqrt(3) * 12.66))
-    net, r = _solve_both(net, f)
-    # documented approximation: the magnetizing branch (14 kW, 17.5 kVAr) is neglected
-    err = np.abs(r.vm_pu - net.res_bus.vm_pu.to_numpy()).max()
-    assert err < 2e-4
-    # without magnetizing losses the series model is exact
-    net.trafo.loc[0, ["pfe_kw", "i0_percent"]] = 0.0
-    net, r = _solve_both(net, f)
+    assert f.branch.i_max_ka[t] == pytest.approx(2 * 25 / (np.sqrt(3) * 12.66))
+    # iron losses: 2 x 14 kW at 12.66 kV; magnetizing susceptance inductive
+    assert f.branch.g_us[t] * 1e-6 * 12.66**2 == pytest.approx(0.028, rel=1e-3)
+    assert f.branch.b_us[t] < 0
+    pp.runpp(net, tolerance_mva=1e-10, trafo_model=trafo_model)
+    p, q = f.nominal_injection()
+    r = sd.run_powerflow(f, p, q, tol_pu=1e-12)
     np.testing.assert_allclose(r.vm_pu, net.res_bus.vm_pu.to_numpy(), atol=1e-9)
+    assert r.p_loss_mw == pytest.approx(net.res_line.pl_mw.sum() + net.res_trafo.pl_mw.sum(), abs=1e-9)
     assert r.i_ka[t] == pytest.approx(net.res_trafo.i_lv_ka.iloc[0], rel=1e-8)
 
 
@@ -115,28 +117,47 @@ def test_sgen_types_become_pv_or_fixed_generation():
     pp.create_sgen(net, 17, p_mw=0.5, sn_mva=1.0, type="PV")
     pp.create_sgen(net, 20, p_mw=0.3, type="WP")
     f = sd.from_pandapower(net)
-    assert f.n_pv == 1 and f.pv.bus[0] == 17 and f.pv.s_mva[0] == 1.0 and f.pv.p_max_mw[0] == 0.5
+    # rated by sn_mva, peak sn_mva without max_p_mw: never the present output
+    assert f.n_pv == 1 and f.pv.bus[0] == 17 and f.pv.s_mva[0] == 1.0 and f.pv.p_max_mw[0] == 1.0
     assert len(f.gen) == 1 and f.gen.p_mw[0] == 0.3
     p, q = f.nominal_injection()
     assert p[20] == pytest.approx(0.3 - net.load.p_mw[net.load.bus == 20].sum())
 
 
-@pytest.mark.parametrize("mutate,field", [
-    (lambda n: pp.create_ext_grid(n, 5), "net.ext_grid"),
-    (lambda n: n.ext_grid.__setitem__("in_service", False), "net.ext_grid"),
-    (lambda n: n.load.__setitem__("const_z_p_percent", 50.0), "net.load.const_z_p_percent"),
-    (lambda n: n.line.__setitem__("in_service", True), "branch.in_service"),  # closes the tie lines: meshed
-    (lambda n: n.line.loc.__setitem__((3, "in_service"), False), "branch.in_service"),  # islands buses
-    (lambda n: n.line.loc.__setitem__((3, "r_ohm_per_km"), np.nan), "branch.r_ohm"),
-    (lambda n: n.line.loc.__setitem__((3, "max_i_ka"), -1.0), "branch.i_max_ka"),
-    (lambda n: n.load.loc.__setitem__((0, "bus"), 99), "net"),
+@pytest.mark.parametrize("mutate,field,names", [
+    (lambda n: pp.create_ext_grid(n, 5), "net.ext_grid", "net.ext_grid[1]"),
+    (lambda n: n.ext_grid.__setitem__("in_service", False), "net.ext_grid", "got 0"),
+    (lambda n: n.load.__setitem__("const_z_p_percent", 50.0), "net.load.const_z_p_percent", "net.load[0]"),
+    (lambda n: n.line.__setitem__("in_service", True), "net.line", "closes a loop"),  # closes the tie lines
+    (lambda n: n.line.loc.__setitem__((3, "r_ohm_per_km"), np.nan), "net.line.r_ohm_per_km", "net.line[3]"),
+    (lambda n: n.line.loc.__setitem__((3, "max_i_ka"), -1.0), "net.line.max_i_ka", "net.line[3]"),
+    (lambda n: n.load.loc.__setitem__((0, "bus"), 99), "net.load", "net.load[0]"),
 ])
-def test_bad_pandapower_nets_raise_typed_errors(mutate, field):
+def test_bad_pandapower_nets_raise_typed_errors(mutate, field, names):
     net = pn.case33bw()
     mutate(net)
     with pytest.raises(sd.NetworkDataError) as ei:
         sd.from_pandapower(net)
     assert ei.value.field == field, str(ei.value)
+    assert names in str(ei.value)  # pandapower's element, not a position in our arrays
+
+
+def test_islanded_buses_are_dropped_or_raise_on_request():
+    net = pn.case33bw()
+    net.line.loc[3, "in_service"] = False  # buses 4.. lose their supply (tie lines are open)
+    f, rep = sd.from_pandapower(net, report=True)
+    pp.runpp(net, tolerance_mva=1e-10)
+    unsupplied = set(np.flatnonzero(net.res_bus.vm_pu.isna().to_numpy()).tolist())
+    assert unsupplied == set(range(4, 18)) | set(range(25, 33))  # the lateral at bus 1 and 2 stay supplied
+    assert set(rep.dropped_buses) == unsupplied and f.n_bus == 33 - len(unsupplied)
+    assert "unsupplied buses dropped" in f.notes
+    r = sd.run_powerflow(f, *injection_from_pandapower(net, rep)[:2])
+    vm = net.res_bus.vm_pu.to_numpy()
+    for b, k in rep.bus_map.items():
+        assert r.vm_pu[k] == pytest.approx(vm[b], abs=1e-9)
+    with pytest.raises(sd.NetworkDataError, match=r"net.bus\[4\]") as ei:
+        sd.from_pandapower(net, unsupplied="raise")
+    assert ei.value.field == "net.bus"
 
 
 def test_off_nominal_tap_is_rejected():
@@ -144,11 +165,22 @@ def test_off_nominal_tap_is_rejected():
     hv = pp.create_bus(net, vn_kv=110.0)
     pp.create_transformer_from_parameters(net, hv, 0, sn_mva=25.0, vn_hv_kv=110.0, vn_lv_kv=12.66, vkr_percent=0.4,
                                           vk_percent=12.0, pfe_kw=0.0, i0_percent=0.0, tap_pos=2, tap_neutral=0,
-                                          tap_step_percent=1.5, tap_side="hv")
+                                          tap_step_percent=1.5, tap_side="hv", tap_changer_type="Ratio")
     net.ext_grid.loc[0, "bus"] = hv
-    with pytest.raises(sd.NetworkDataError, match="tap") as ei:
+    with pytest.raises(sd.NetworkDataError, match=r"net.trafo\[0\].*off-nominal.*tap") as ei:
         sd.from_pandapower(net)
     assert ei.value.field == "net.trafo.tap_pos"
+    # without a changer type pandapower ignores the tap position, and so does the conversion
+    net.trafo["tap_changer_type"] = None
+    f = sd.from_pandapower(net)
+    pp.runpp(net, tolerance_mva=1e-10)
+    r = sd.run_powerflow(f, *f.nominal_injection())
+    np.testing.assert_allclose(r.vm_pu, net.res_bus.vm_pu.to_numpy(), atol=1e-9)
+    # rated voltages whose ratio differs from the buses' are off-nominal too
+    net.trafo["vn_lv_kv"] = 12.0
+    with pytest.raises(sd.NetworkDataError, match="off-nominal") as ei:
+        sd.from_pandapower(net)
+    assert ei.value.field == "net.trafo.vn_hv_kv"
 
 
 def test_to_pandapower_injection_mode(rng):

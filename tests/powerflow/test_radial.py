@@ -222,6 +222,19 @@ def test_property_converged_means_power_balance_else_flagged(scale, pv, seed):
     (dict(tol_pu=0.0), "tol_pu"),
     (dict(max_iter=0), "max_iter"),
     (dict(p_mw=["a"] * 33), "p_mw"),
+    # absurd finite values: rejected up front instead of OverflowError / ZeroDivisionError / NaN
+    (dict(v_root_pu=1e300), "v_root_pu"),
+    (dict(v_root_pu=1e-300), "v_root_pu"),
+    (dict(v_root_pu=0.49), "v_root_pu"),
+    (dict(v_root_pu=2.01), "v_root_pu"),
+    (dict(v_root_pu=1.0 + 0.1j), "v_root_pu"),
+    (dict(p_mw=np.full(33, 1e308)), "p_mw"),
+    (dict(q_mvar=np.full(33, -2e6)), "q_mvar"),
+    (dict(shunt_q_mvar=np.full(33, 1e7)), "shunt_q_mvar"),
+    (dict(p_mw=np.zeros(33, dtype=complex)), "p_mw"),
+    (dict(tol_pu=1.0), "tol_pu"),
+    (dict(tol_pu="tight"), "tol_pu"),
+    (dict(max_iter=2.5), "max_iter"),
 ])
 def test_bad_input_raises_typed_error(ieee33, kwargs, field):
     args = dict(p_mw=np.zeros(33), q_mvar=np.zeros(33))
@@ -236,3 +249,80 @@ def test_bad_input_raises_typed_error(ieee33, kwargs, field):
 def test_mixed_numpy_and_torch_is_rejected(ieee33):
     with pytest.raises(sd.InputError, match="q_mvar"):
         sd.run_powerflow(ieee33, torch.zeros(33, dtype=torch.float64), np.zeros(33))
+
+
+@pytest.mark.parametrize("K", [1, 64])
+def test_absurd_slack_voltage_in_a_batch_is_an_input_error(ieee33, K):
+    # a batch of 64 runs the parallel kernel, where 1e-300 pu raised numba's SystemError
+    P = np.zeros((K, 33))
+    with pytest.raises(sd.InputError) as ei:
+        sd.run_powerflow(ieee33, P, P, v_root_pu=np.full(K, 1e-300))
+    assert ei.value.field == "v_root_pu"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("K", [3, 64])
+def test_largest_accepted_injection_gives_finite_flagged_results(ieee33, backend, K):
+    from safedispatch.powerflow.radial import MAX_INJECTION_MW, V_ROOT_RANGE_PU
+
+    p, q = ieee33.nominal_injection()
+    P = np.tile(p, (K, 1))
+    Q = np.tile(q, (K, 1))
+    P[1] = MAX_INJECTION_MW  # every bus at the bound
+    Q[2] = -MAX_INJECTION_MW
+    v0 = np.full(K, 1.0)
+    v0[-1] = V_ROOT_RANGE_PU[0]
+    if backend == "torch":
+        P, Q, v0 = torch.tensor(P), torch.tensor(Q), torch.tensor(v0)
+    r = sd.run_powerflow(ieee33, P, Q, v_root_pu=v0)
+    for name in r.__dataclass_fields__:
+        assert np.isfinite(np.asarray(getattr(r, name), dtype=float)).all(), name
+    conv = np.asarray(r.converged)
+    assert conv[0] and not conv[1] and not conv[2]
+    assert set(np.asarray(r.status)[1:3].tolist()) <= {1, 2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex64, torch.int64])
+def test_torch_half_complex_and_integer_inputs_are_rejected(ieee33, dtype):
+    x = torch.zeros(33, dtype=dtype)
+    with pytest.raises(sd.InputError) as ei:
+        sd.run_powerflow(ieee33, x, x)
+    assert ei.value.field == "p_mw"
+    with pytest.raises(sd.InputError, match="dtype"):
+        sd.run_powerflow(ieee33, torch.zeros(33, dtype=torch.float64), torch.zeros(33, dtype=torch.float32))
+
+
+def _with_bus_shunts(feeder):
+    from safedispatch.network import BusTable
+
+    n = feeder.n_bus
+    sp_ = np.zeros(n)
+    sq = np.zeros(n)
+    sp_[[5, 17]] = [0.02, 0.05]  # lossy shunts
+    sq[[5, 20, 30]] = [-0.3, 0.1, -0.2]  # capacitive and inductive
+    b = feeder.bus
+    return feeder.replace(bus=BusTable(vn_kv=b.vn_kv, vm_min_pu=b.vm_min_pu, vm_max_pu=b.vm_max_pu,
+                                       s_sc_mva=b.s_sc_mva, name=b.name, shunt_p_mw=sp_, shunt_q_mvar=sq))
+
+
+def test_fixed_bus_shunts_match_pandapower_and_balance(ieee33, rng):
+    f = _with_bus_shunts(ieee33)
+    p, q = random_injection(f, rng)
+    cap = np.zeros(33)
+    cap[12] = 0.4
+    r = sd.run_powerflow(f, p, q, shunt_q_mvar=cap, tol_pu=1e-12)
+    net = pp_powerflow(f, p, q, shunt_q_mvar=cap)
+    np.testing.assert_allclose(r.vm_pu, net.res_bus.vm_pu.to_numpy(), atol=1e-9)
+    assert r.p_slack_mw == pytest.approx(net.res_ext_grid.p_mw.iloc[0], abs=1e-9)
+    assert r.q_slack_mvar == pytest.approx(net.res_ext_grid.q_mvar.iloc[0], abs=1e-9)
+    vm2 = r.vm_pu**2
+    assert r.p_shunt_mw == pytest.approx(f.bus.shunt_p_mw @ vm2, rel=1e-12)
+    assert r.q_shunt_mvar == pytest.approx(f.bus.shunt_q_mvar @ vm2 - cap @ vm2, rel=1e-12)
+    assert r.p_slack_mw == pytest.approx(r.p_loss_mw + r.p_shunt_mw - p.sum(), abs=1e-12)
+    assert r.q_slack_mvar == pytest.approx(r.q_loss_mvar + r.q_shunt_mvar - q.sum(), abs=1e-12)
+    # the shunts matter: without them the answer differs
+    assert np.abs(sd.run_powerflow(ieee33, p, q, shunt_q_mvar=cap).vm_pu - r.vm_pu).max() > 1e-4
+    # torch agrees, shunt totals included
+    rt = sd.run_powerflow(f, torch.tensor(p), torch.tensor(q), shunt_q_mvar=torch.tensor(cap), tol_pu=1e-12)
+    for name in ("vm_pu", "p_slack_mw", "q_slack_mvar", "p_shunt_mw", "q_shunt_mvar", "p_loss_mw"):
+        np.testing.assert_allclose(getattr(rt, name).numpy(), getattr(r, name), atol=1e-10, err_msg=name)
