@@ -30,19 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from safedispatch.errors import InputError
+from safedispatch.errors import MAX_ABS_POWER_MW, V_ROOT_RANGE_PU, InputError
 from safedispatch.network.feeder import Feeder
 from safedispatch.powerflow import sweep_numba
 from safedispatch.powerflow.sweep_numba import CONVERGED
 
 __all__ = ["MAX_INJECTION_MW", "V_ROOT_RANGE_PU", "PowerFlowResult", "run_powerflow"]
 
-#: largest accepted |injection| per bus (MW, MVAr; also for ``shunt_q_mvar``): a terawatt per
-#: bus is no distribution feeder, and below it every intermediate of the sweep stays finite
-MAX_INJECTION_MW = 1e6
-#: accepted slack voltage magnitudes (pu): outside, no feeder operates and the sweep's
-#: divergence guard (0.05-5 pu) would misjudge the first iterate
-V_ROOT_RANGE_PU = (0.5, 2.0)
+#: largest accepted |injection| per bus (MW, MVAr; also for ``shunt_q_mvar``): the library-wide
+#: ``MAX_ABS_POWER_MW``; a terawatt per bus is no distribution feeder, and below it every
+#: intermediate of the sweep stays finite. Accepted slack voltages: ``V_ROOT_RANGE_PU`` (outside it
+#: no feeder operates and the sweep's divergence guard, 0.05-5 pu, would misjudge the first iterate).
+MAX_INJECTION_MW = MAX_ABS_POWER_MW
 
 
 @dataclass(frozen=True, eq=False)
