@@ -107,6 +107,22 @@ def cmd_powerflow(args) -> int:
     return 0
 
 
+def _fraction(lo: float, hi: float):
+    """An argparse type: a finite number in ``[lo, hi]`` (argparse reports anything else as a
+    usage error naming the option, exit status 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (np.isfinite(v) and lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"expected a finite number in [{lo:g}, {hi:g}], got {text!r}")
+        return v
+
+    return parse
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="safedispatch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,8 +134,8 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_cases)
     p = sub.add_parser("powerflow", help="power flow of one case")
     p.add_argument("--case", default="ieee33")
-    p.add_argument("--load", type=float, default=1.0, help="load as a fraction of nominal")
-    p.add_argument("--pv", type=float, default=0.0, help="PV output as a fraction of peak")
+    p.add_argument("--load", type=_fraction(0.0, 10.0), default=1.0, help="load as a fraction of nominal (0 to 10)")
+    p.add_argument("--pv", type=_fraction(0.0, 1.0), default=0.0, help="PV output as a fraction of peak (0 to 1)")
     p.set_defaults(fn=cmd_powerflow)
     args = parser.parse_args(argv)
     try:

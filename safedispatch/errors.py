@@ -9,6 +9,7 @@ a caller asked for it. Each error names the offending field in ``.field``.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -55,22 +56,52 @@ MAX_ABS_POWER_MW = 1e6
 V_ROOT_RANGE_PU = (0.5, 2.0)
 
 
+def from_torch(t, name: str) -> np.ndarray:
+    """A torch tensor's values as a numpy array (any real dtype, bfloat16 included); complex
+    tensors and tensors that require grad (these entry points are not differentiable: detach
+    them, or use :class:`~safedispatch.TorchSafetyLayer`) are InputErrors."""
+    if t.is_complex():
+        raise InputError("expected real numbers, got complex values", name)
+    if t.requires_grad:
+        raise InputError("expected a tensor without autograd history (this function is not differentiable): "
+                         "pass tensor.detach()", name)
+    t = t.detach().cpu()
+    if t.dtype.is_floating_point:
+        t = t.double()  # bfloat16 has no numpy dtype; every float widens exactly to float64
+    return t.numpy()
+
+
 def finite_vector(value, n: int, name: str, *, integer: bool = False, max_abs: float | None = None) -> np.ndarray:
     """A finite float (or integer) vector of length ``n``; raises InputError naming ``name``.
 
-    With ``max_abs``, entries of larger magnitude are rejected too (e.g. ``MAX_ABS_POWER_MW``).
-    Complex input is rejected, never cast (numpy would drop the imaginary part).
+    Accepts anything array-like, torch tensors included (read by value). With ``max_abs``,
+    entries of larger magnitude are rejected too (e.g. ``MAX_ABS_POWER_MW``). Complex input is
+    rejected, never cast (numpy would drop the imaginary part); any conversion failure (strings,
+    objects, Python integers too large for a float, tensors that require grad) is an InputError.
+    The result may be ``value`` itself when it already is a float64 vector: never write into it.
     """
-    if np.iscomplexobj(value) or (hasattr(value, "is_complex") and callable(value.is_complex)
-                                  and value.is_complex()):
-        raise InputError("expected real numbers, got complex values", name)
+    if type(value) is np.ndarray and value.dtype == np.float64 and value.shape == (n,) and not integer:
+        # fast path: one reduction (max |x| is NaN for NaN entries, inf for inf ones)
+        if n == 0:
+            return value
+        m = np.abs(value).max()
+        if m < math.inf and (max_abs is None or m <= max_abs):
+            return value
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        value = from_torch(value, name)
     try:
-        a = np.asarray(value, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"expected real numbers: {exc}", name) from None
+        if np.iscomplexobj(value):
+            raise InputError("expected real numbers, got complex values", name)
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = np.asarray(value, dtype=float)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (any conversion failure is bad input)
+        raise InputError(f"expected real numbers: {type(exc).__name__}: {exc}", name) from None
     if a.shape != (n,):
         raise InputError(f"expected shape ({n},), got {a.shape}", name)
-    if not math.isfinite(a.sum()) and not np.isfinite(a).all():  # one reduction in the common case
+    if not np.isfinite(a).all():
         raise InputError(f"contains NaN or inf at positions {np.flatnonzero(~np.isfinite(a))[:5].tolist()}", name)
     if max_abs is not None and a.size and np.abs(a).max() > max_abs:
         bad = np.flatnonzero(np.abs(a) > max_abs)

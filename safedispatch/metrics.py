@@ -25,16 +25,35 @@ Definitions (``v_ref`` = 1 pu by default):
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from safedispatch.errors import InputError
+from safedispatch.errors import MAX_ABS_POWER_MW, V_ROOT_RANGE_PU, InputError
 from safedispatch.network.feeder import Feeder
+from safedispatch.problems.types import DT_RANGE_H, check_feeder
 
-__all__ = ["dispatch_metrics"]
+__all__ = ["VM_MAX_PU", "dispatch_metrics"]
+
+#: largest voltage magnitude (pu) accepted in a trajectory: anything above is no feeder state
+#: (and its square, in the RMS deviation, must stay finite)
+VM_MAX_PU = 10.0
 
 
-def _arr(x, name: str, ndim: int, width: int | None = None) -> np.ndarray:
-    a = np.asarray(x, dtype=float)
+def _arr(x, name: str, ndim: int, width: int | None = None, max_abs: float = MAX_ABS_POWER_MW) -> np.ndarray:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):  # trajectories recorded as tensors: values only
+        if x.is_complex():
+            raise InputError("expected real numbers, got complex values", name)
+        x = x.detach().cpu().double().numpy()  # bfloat16 has no numpy dtype
+    try:
+        if np.iscomplexobj(x):
+            raise InputError("expected real numbers, got complex values", name)
+        a = np.asarray(x, dtype=float)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (any conversion failure is bad input)
+        raise InputError(f"expected an array of real numbers: {type(exc).__name__}: {exc}", name) from None
     if a.ndim < ndim:
         raise InputError(f"expected at least {ndim} dimensions, got shape {a.shape}", name)
     if ndim == 2:
@@ -45,7 +64,15 @@ def _arr(x, name: str, ndim: int, width: int | None = None) -> np.ndarray:
         a = a.reshape(-1)
     if not np.isfinite(a).all():
         raise InputError("contains NaN or inf", name)
+    if a.size and np.abs(a).max() > max_abs:
+        raise InputError(f"expected magnitudes <= {max_abs:g}, got {float(np.abs(a).max())!r}", name)
     return a
+
+
+def _real(v) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
+        and bool(np.isfinite(v))
 
 
 def dispatch_metrics(feeder: Feeder, vm_pu, p_loss_mw, pv_avail_mw=None, pv_p_mw=None, pv_q_mvar=None,
@@ -66,17 +93,25 @@ def dispatch_metrics(feeder: Feeder, vm_pu, p_loss_mw, pv_avail_mw=None, pv_p_mw
         A dict of floats.
 
     Raises:
-        InputError: shapes that do not match the feeder or each other, no step, NaN or inf.
+        InputError: ``feeder`` is not a Feeder; an argument that is not an array of real
+            numbers, shapes that do not match the feeder or each other, no step, NaN or inf,
+            voltages outside ``[0, VM_MAX_PU]``, powers above ``MAX_ABS_POWER_MW`` in magnitude,
+            ``dt_h`` outside ``(0, 24]`` h, ``v_ref_pu`` outside ``V_ROOT_RANGE_PU``.
     """
-    v = _arr(vm_pu, "vm_pu", 2, feeder.n_bus)
+    check_feeder(feeder)
+    v = _arr(vm_pu, "vm_pu", 2, feeder.n_bus, max_abs=VM_MAX_PU)
     T = v.shape[0]
     if T == 0:
         raise InputError("expected at least one step", "vm_pu")
+    if (v < 0).any():
+        raise InputError(f"expected voltage magnitudes >= 0, got {float(v.min())!r}", "vm_pu")
     loss = _arr(p_loss_mw, "p_loss_mw", 1)
     if loss.size != T:
         raise InputError(f"expected {T} steps like vm_pu, got {loss.size}", "p_loss_mw")
-    if not (np.isfinite(dt_h) and dt_h > 0):
-        raise InputError(f"expected a finite step > 0, got {dt_h}", "dt_h")
+    if not (_real(dt_h) and DT_RANGE_H[0] < dt_h <= DT_RANGE_H[1]):
+        raise InputError(f"expected a step length in ({DT_RANGE_H[0]:g}, {DT_RANGE_H[1]:g}] h, got {dt_h!r}", "dt_h")
+    if not (_real(v_ref_pu) and V_ROOT_RANGE_PU[0] <= v_ref_pu <= V_ROOT_RANGE_PU[1]):
+        raise InputError(f"expected a voltage in {list(V_ROOT_RANGE_PU)} pu, got {v_ref_pu!r}", "v_ref_pu")
     mask = np.ones(feeder.n_bus, bool)
     mask[feeder.root_bus] = False
     vb = v[:, mask]
@@ -103,7 +138,9 @@ def dispatch_metrics(feeder: Feeder, vm_pu, p_loss_mw, pv_avail_mw=None, pv_p_mw
         if av.shape[0] != T or p.shape[0] != T:
             raise InputError(f"expected {T} steps like vm_pu", "pv_p_mw" if p.shape[0] != T else "pv_avail_mw")
         tot = av.sum()
-        out["curtailment_ratio"] = float((av - p).sum() / tot) if tot > 0 else 0.0
+        # below a microwatt of PV over the trajectory there is nothing to curtail (and a ratio
+        # to ~0 would overflow)
+        out["curtailment_ratio"] = float((av - p).sum() / tot) if tot > 1e-12 else 0.0
         out["pv_energy_mwh"] = float(p.sum() * dt_h)
     if pv_q_mvar is not None:
         q = _arr(pv_q_mvar, "pv_q_mvar", 2, feeder.n_pv)
@@ -111,7 +148,7 @@ def dispatch_metrics(feeder: Feeder, vm_pu, p_loss_mw, pv_avail_mw=None, pv_p_mw
             raise InputError(f"expected {T} steps like vm_pu", "pv_q_mvar")
         out["reactive_mvarh"] = float(np.abs(q).sum() * dt_h)
     if projection_status is not None:
-        st = _arr(projection_status, "projection_status", 1)
+        st = _arr(projection_status, "projection_status", 1, max_abs=255)
         if st.size != T:
             raise InputError(f"expected {T} steps like vm_pu", "projection_status")
         out["intervention_rate"] = float((st != 0).mean())

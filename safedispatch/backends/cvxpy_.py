@@ -1,5 +1,9 @@
 """CVXPY backend: the modelling algebra the formulations are written against, and a solve
-call with an explicit solver fallback chain that never lets a solver's exception escape."""
+call with an explicit solver fallback chain that never lets a solver's exception escape and
+never lets a solver print: solvers run with ``verbose=False`` inside
+:func:`~safedispatch.backends.result.captured_output`, and whatever they print anyway (SCS's
+"ERROR: could not determine problem status", compiled solvers' messages on failures) is in
+``SolveResult.info["solver_output"]``."""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ import weakref
 import cvxpy as cp
 import numpy as np
 
-from safedispatch.backends.result import SolveResult, SolveStatus
+from safedispatch.backends.result import SolveResult, SolveStatus, captured_output
+from safedispatch.errors import InputError
 
-__all__ = ["CvxpyAlgebra", "DEFAULT_SOLVERS", "DEFAULT_OPTIONS", "RETRY_OPTIONS", "solve"]
+__all__ = ["CvxpyAlgebra", "DEFAULT_SOLVERS", "DEFAULT_OPTIONS", "RETRY_OPTIONS", "check_solvers", "solve"]
 
 #: explicit default: Clarabel (interior point, exact cones), then ECOS, then SCS
 DEFAULT_SOLVERS = ("CLARABEL", "ECOS", "SCS")
@@ -47,6 +52,23 @@ _STATUS = {
     cp.UNBOUNDED_INACCURATE: SolveStatus.UNBOUNDED,
     cp.USER_LIMIT: SolveStatus.LIMIT_REACHED,
 }
+
+
+def check_solvers(solvers) -> tuple:
+    """A solver chain as a non-empty tuple of CVXPY solver names (e.g. ``("CLARABEL", "ECOS")``).
+
+    Raises:
+        InputError: not a non-empty sequence of strings (field ``solvers``).
+    """
+    if isinstance(solvers, str):
+        solvers = (solvers,)
+    try:
+        out = tuple(solvers)
+    except TypeError:
+        raise InputError(f"expected a sequence of solver names, got {type(solvers).__name__}", "solvers") from None
+    if not out or not all(isinstance(n, str) for n in out):
+        raise InputError(f"expected a non-empty sequence of solver names, got {solvers!r}", "solvers")
+    return out
 
 
 class CvxpyAlgebra:
@@ -129,13 +151,15 @@ class CvxpyAlgebra:
 def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options=None, retry=None) -> SolveResult:
     """Solve with the first solver that returns a usable status, falling back along ``solvers``.
 
-    Solver exceptions are caught and recorded in ``info["errors"]``; a result without a
-    solution has status INFEASIBLE, UNBOUNDED, LIMIT_REACHED or NUMERICAL_ERROR. Before the
-    chain reaches a first-order solver (:data:`FIRST_ORDER`) or its end, every solver that
-    stopped OPTIMAL_INACCURATE and has ``retry`` options is re-run with each of them in turn
-    until one gives a definite answer (listed as ``"NAME(retry k)"`` in ``info["tried"]``). When
-    the chain ends without an answer, the latest OPTIMAL_INACCURATE point found on the way is
-    returned (with that solver's name and status) rather than none.
+    Solver exceptions (any exception raised inside CVXPY or a solver) are caught and recorded
+    in ``info["errors"]``; what the solvers print is in ``info["solver_output"]`` (see the
+    module docstring); a result without a solution has status INFEASIBLE, UNBOUNDED,
+    LIMIT_REACHED or NUMERICAL_ERROR. Before the chain reaches a first-order solver
+    (:data:`FIRST_ORDER`) or its end, every solver that stopped OPTIMAL_INACCURATE and has
+    ``retry`` options is re-run with each of them in turn until one gives a definite answer
+    (listed as ``"NAME(retry k)"`` in ``info["tried"]``). When the chain ends without an
+    answer, the latest OPTIMAL_INACCURATE point found on the way is returned (with that
+    solver's name and status) rather than none.
 
     Args:
         problem: The CVXPY problem.
@@ -147,7 +171,7 @@ def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options=None, retry=None
     options = DEFAULT_OPTIONS if options is None else options
     retry = {} if retry is None else retry
     definite = (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE, SolveStatus.UNBOUNDED)
-    errors, tried, used, inaccurate = {}, [], [], []
+    errors, tried, used, inaccurate, printed = {}, [], [], [], []
     last_inaccurate = []  # (solver, (x, objective), raw status, iterations) of the latest inexact answer
     t0 = time.perf_counter()
     status = SolveStatus.NOT_SOLVED
@@ -160,14 +184,18 @@ def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options=None, retry=None
         used.append(name)
         prob = _for_solver(problem, name)
         last[0] = None
+        out = captured_output()
         try:
-            with warnings.catch_warnings():  # inaccuracy is reported as a status, not a warning
+            with out, warnings.catch_warnings():  # inaccuracy is reported as a status, not a warning
                 warnings.simplefilter("ignore", UserWarning)
-                prob.solve(solver=name, **opts)
-        except (cp.error.SolverError, ValueError, ArithmeticError) as exc:
+                prob.solve(solver=name, **{"verbose": False, **opts})
+        except Exception as exc:  # noqa: BLE001  (no solver's own exception escapes, whatever its type)
             errors[label] = f"{type(exc).__name__}: {exc}"
             status = SolveStatus.NUMERICAL_ERROR
             return False
+        finally:
+            if out.text:
+                printed.append(f"[{label}]\n{out.text}")
         last[0] = prob
         status = _STATUS.get(prob.status, SolveStatus.NUMERICAL_ERROR)
         if status == SolveStatus.OPTIMAL_INACCURATE:
@@ -208,7 +236,8 @@ def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options=None, retry=None
         status = _STATUS.get(raw, SolveStatus.NUMERICAL_ERROR)
         x, obj = point
     return SolveResult(status=status, x=x, objective=obj, solver=solver, solve_time_s=dt, iterations=iters,
-                       info={"tried": tried, "errors": errors, "raw_status": raw})
+                       info={"tried": tried, "errors": errors, "raw_status": raw,
+                             "solver_output": "".join(printed)})
 
 
 #: per caller problem: (the solver that uses the caller's object, {other solver: its own Problem})

@@ -7,6 +7,10 @@ every point it admits is inside the disk (no inverter can exceed its rating), at
 ``1 - cos(pi / sides)`` of the radius in the directions between vertices (0.48 % for 32
 sides). The rotated cone of the SOCP model has no linear counterpart here: asking for it
 raises :class:`~safedispatch.errors.BackendUnavailableError`.
+
+HiGHS runs silent (``tee=False``) inside :func:`~safedispatch.backends.result.captured_output`:
+whatever it or Pyomo prints anyway is in ``SolveResult.info["solver_output"]``, not on the
+user's terminal.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 
 import numpy as np
 
-from safedispatch.backends.result import SolveResult, SolveStatus
+from safedispatch.backends.result import SolveResult, SolveStatus, captured_output
 from safedispatch.errors import BackendUnavailableError
 
 __all__ = ["PVec", "PyomoAlgebra", "solve"]
@@ -235,22 +239,25 @@ def solve(model, time_limit_s: float | None = None, mip_gap: float = 1e-9, solve
             fresh one, which rebuilds the HiGHS model from the Pyomo expressions).
 
     Returns:
-        SolveResult with variable values by component name.
+        SolveResult with variable values by component name (what HiGHS printed in
+        ``info["solver_output"]``).
     """
     import pyomo.environ as pyo
     from pyomo.contrib.solver.common.results import SolutionStatus, TerminationCondition
 
     opt = persistent_highs() if solver is None else solver
     t0 = time.perf_counter()
-    kw = {"load_solutions": False, "raise_exception_on_nonoptimal_result": False,
-          "solver_options": {"mip_rel_gap": mip_gap}}
+    kw = {"load_solutions": False, "raise_exception_on_nonoptimal_result": False, "tee": False,
+          "solver_options": {"mip_rel_gap": mip_gap, "output_flag": False}}
     if time_limit_s is not None:
         kw["time_limit"] = time_limit_s
+    out = captured_output()
     try:
-        res = opt.solve(model, **kw)
+        with out:
+            res = opt.solve(model, **kw)
     except Exception as exc:  # noqa: BLE001  (the solver's own exception must not escape)
         return SolveResult(status=SolveStatus.NUMERICAL_ERROR, solver="HIGHS", solve_time_s=time.perf_counter() - t0,
-                           info={"errors": {"HIGHS": f"{type(exc).__name__}: {exc}"}})
+                           info={"errors": {"HIGHS": f"{type(exc).__name__}: {exc}"}, "solver_output": out.text})
     dt = time.perf_counter() - t0
     tc = res.termination_condition
     if tc == TerminationCondition.convergenceCriteriaSatisfied:
@@ -268,10 +275,17 @@ def solve(model, time_limit_s: float | None = None, mip_gap: float = 1e-9, solve
     if status == SolveStatus.LIMIT_REACHED and res.solution_status == SolutionStatus.feasible:
         status = SolveStatus.OPTIMAL_INACCURATE  # a feasible incumbent, not proven optimal
     if status.has_solution:
-        res.solution_loader.load_vars()
-        for v in model.component_objects(pyo.Var, active=True):
-            x[v.name] = np.array([pyo.value(v[i]) for i in sorted(v.keys())], dtype=float)
+        try:
+            res.solution_loader.load_vars()
+            for v in model.component_objects(pyo.Var, active=True):
+                x[v.name] = np.array([pyo.value(v[i]) for i in sorted(v.keys())], dtype=float)
+        except Exception as exc:  # noqa: BLE001  (a solution Pyomo cannot load is no solution)
+            return SolveResult(status=SolveStatus.NUMERICAL_ERROR, solver="HIGHS", solve_time_s=dt,
+                               info={"termination": str(tc), "errors": {"HIGHS": f"{type(exc).__name__}: {exc}"},
+                                     "solver_output": out.text})
+        if not all(np.isfinite(a).all() for a in x.values()):
+            status, x = SolveStatus.NUMERICAL_ERROR, {}
     obj = float(res.incumbent_objective) if status.has_solution and res.incumbent_objective is not None \
         else float("inf")
     return SolveResult(status=status, x=x, objective=obj, solver="HIGHS", solve_time_s=dt,
-                       info={"termination": str(tc)})
+                       info={"termination": str(tc), "solver_output": out.text})

@@ -41,13 +41,13 @@ import numpy as np
 
 from safedispatch.backends import cvxpy_
 from safedispatch.baselines.controller import hold_cap_step
-from safedispatch.baselines.opf import solve_opf_problem
+from safedispatch.baselines.mip import _options_key
+from safedispatch.baselines.opf import check_options, solve_opf_problem
 from safedispatch.errors import InputError, NetworkDataError
 from safedispatch.network.feeder import Feeder
 from safedispatch.powerflow import run_powerflow
 from safedispatch.problems.opf import BoundaryLayout, OPFProgram, OPFWeights, resolve_weights
-from safedispatch.problems.projection import FORMULATIONS
-from safedispatch.problems.types import Action, Snapshot, net_injection
+from safedispatch.problems.types import Action, Snapshot, check_feeder, check_snapshot, net_injection
 from safedispatch.problems.zones import model_network
 
 __all__ = ["ADMMResult", "ADMMStatus", "SerialExecutor", "ThreadExecutor", "ZonalADMM", "ZoneExecutor", "ZoneReply",
@@ -285,8 +285,11 @@ class ZonalADMM:
         warm_start: Start each snapshot from the previous snapshot's ``z``, ``u`` and ``rho``.
         executor: A :class:`ZoneExecutor` (default :class:`ThreadExecutor`); started here.
 
+    A feeder with nothing to control (no inverter, no storage) is solved like any other: the
+    zone models then only check the snapshot.
+
     Raises:
-        InputError: bad model, objective or options.
+        InputError: ``feeder`` is not a Feeder; bad model, objective or options.
         NetworkDataError: ``zones`` is not a partition of the buses into connected subtrees.
     """
 
@@ -295,18 +298,23 @@ class ZonalADMM:
                  tau: float = 2.0, eps_abs: float = 1e-6, eps_rel: float = 1e-5, max_iter: int = 500,
                  warm_start: bool = True, relaxation: float = 1.0, voltage_weight: float = 100.0,
                  executor: ZoneExecutor | None = None):
-        if model not in FORMULATIONS:
-            raise InputError(f"expected one of {sorted(FORMULATIONS)}, got {model!r}", "model")
-        for name, v, lo in (("rho", rho, 0.0), ("mu", mu, 1.0), ("tau", tau, 1.0), ("eps_abs", eps_abs, 0.0),
-                            ("eps_rel", eps_rel, 0.0)):
-            if not (isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v) and v > lo):
-                raise InputError(f"expected a finite number > {lo}, got {v!r}", name)
-        if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
+        check_feeder(feeder)
+        model, scr_min, _ = check_options(model, scr_min)
+        for name, v, lo, hi in (("rho", rho, 0.0, 1e12), ("mu", mu, 1.0, 1e12), ("tau", tau, 1.0, 1e6),
+                                ("eps_abs", eps_abs, 0.0, 1.0), ("eps_rel", eps_rel, 0.0, 1.0),
+                                ("relaxation", relaxation, 0.0, 2.0), ("voltage_weight", voltage_weight, 0.0, 1e12)):
+            if not (isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_))
+                    and np.isfinite(v) and lo < v <= hi):
+                raise InputError(f"expected a finite number in ({lo:g}, {hi:g}], got {v!r}", name)
+        if isinstance(max_iter, (bool, np.bool_)) or not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
             raise InputError(f"expected an integer >= 1, got {max_iter!r}", "max_iter")
+        for name, v in (("adaptive", adaptive), ("warm_start", warm_start)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise InputError(f"expected True or False, got {v!r}", name)
         if executor is not None and not isinstance(executor, ZoneExecutor):
             raise InputError(f"expected a ZoneExecutor, got {type(executor).__name__}", "executor")
         if zones is not None:
-            feeder = feeder.replace(zones=tuple(np.asarray(z, dtype=np.int64) for z in zones))
+            feeder = feeder.replace(zones=_zone_arrays(zones))
         if any(len(z) == 1 and z[0] == feeder.root_bus for z in feeder.zones):
             raise NetworkDataError("the root bus alone is not a zone (it has no branch to model): join it to a "
                                    "neighbouring subtree", "zones")
@@ -358,10 +366,10 @@ class ZonalADMM:
             :class:`ADMMResult`; non-convergence and zone failures are statuses.
 
         Raises:
-            InputError: the snapshot does not fit the feeder.
+            InputError: the snapshot is not a Snapshot or does not fit the feeder.
         """
         f = self.feeder
-        snap = snapshot.checked(f)
+        snap = check_snapshot(snapshot, f)
         cap = hold_cap_step(f, snap)
         ex, K = self.executor, len(self.mns)
         t0 = time.perf_counter()
@@ -449,6 +457,24 @@ class ZonalADMM:
         return Action(pv_p_mw=p, pv_q_mvar=q, cap_step=np.asarray(cap, dtype=np.int64), ess_p_mw=e), vm
 
 
+def _zone_arrays(zones) -> tuple[np.ndarray, ...]:
+    """``zones`` as a tuple of int64 bus-index arrays; InputError when it is not a sequence of
+    integer sequences (their validity as a partition is the feeder's check)."""
+    if isinstance(zones, (str, bytes, dict)) or not hasattr(zones, "__iter__"):
+        raise InputError(f"expected a sequence of bus-index arrays, got {type(zones).__name__}", "zones")
+    out = []
+    for k, z in enumerate(zones):
+        try:
+            a = np.asarray(z)
+            if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or (
+                    np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() and np.all(a == np.round(a)))):
+                raise TypeError(f"dtype {a.dtype}")
+            out.append(np.atleast_1d(a).astype(np.int64).ravel())
+        except Exception as exc:  # noqa: BLE001  (any conversion failure is bad input)
+            raise InputError(f"expected integer bus indices in zone {k}: {exc}", "zones") from None
+    return tuple(out)
+
+
 def subtree_zones(feeder: Feeder, target_buses: int) -> tuple[np.ndarray, ...]:
     """Split a feeder into connected subtrees of about ``target_buses`` buses.
 
@@ -464,9 +490,11 @@ def subtree_zones(feeder: Feeder, target_buses: int) -> tuple[np.ndarray, ...]:
         Tuple of sorted bus-index arrays, usable as ``zones=`` or in ``feeder.replace``.
 
     Raises:
-        InputError: ``target_buses`` is not an integer >= 2.
+        InputError: ``feeder`` is not a Feeder or ``target_buses`` is not an integer >= 2.
     """
-    if not (isinstance(target_buses, (int, np.integer)) and target_buses >= 2):
+    check_feeder(feeder)
+    if isinstance(target_buses, (bool, np.bool_)) or not (isinstance(target_buses, (int, np.integer))
+                                                          and target_buses >= 2):
         raise InputError(f"expected an integer >= 2, got {target_buses!r}", "target_buses")
     rs = feeder.radial
     size = np.ones(feeder.n_bus, dtype=np.int64)
@@ -490,6 +518,8 @@ def subtree_zones(feeder: Feeder, target_buses: int) -> tuple[np.ndarray, ...]:
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ADMM_OPTIONS = frozenset(("scr_min", "rho", "adaptive", "mu", "tau", "eps_abs", "eps_rel", "max_iter", "warm_start",
+                           "relaxation", "voltage_weight"))
 
 
 def solve_admm(feeder: Feeder, snapshot: Snapshot, zones=None, model: str = "lindistflow", objective="losses",
@@ -514,13 +544,16 @@ def solve_admm(feeder: Feeder, snapshot: Snapshot, zones=None, model: str = "lin
         :class:`ADMMResult` with iterations, time and residual histories.
 
     Raises:
-        InputError: bad options or snapshot. NetworkDataError: bad zones. Not thread-safe.
+        InputError: ``feeder`` is not a Feeder; bad or unknown options; the snapshot is not a
+        Snapshot or does not fit the feeder. NetworkDataError: bad zones. Not thread-safe.
     """
+    check_feeder(feeder)
     if executor is not None:
         return ZonalADMM(feeder, zones, model, objective, executor=executor, **options).solve(snapshot)
+    model, _, _ = check_options(model, None)
     weights = resolve_weights(objective)
-    zkey = None if zones is None else tuple(tuple(int(b) for b in z) for z in zones)
-    key = (zkey, model, OPFProgram.key(weights), tuple(sorted(options.items())))
+    zkey = None if zones is None else tuple(tuple(int(b) for b in z) for z in _zone_arrays(zones))
+    key = (zkey, model, OPFProgram.key(weights), _options_key(options, _ADMM_OPTIONS))
     per = _CACHE.setdefault(feeder, {})
     if key not in per:
         per[key] = ZonalADMM(feeder, zones, model, weights, **options)

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from safedispatch.network.feeder import Feeder
-from safedispatch.problems.types import Action, Snapshot
+from safedispatch.problems.types import Action, Snapshot, check_feeder, check_snapshot
 
 __all__ = ["Controller", "NoControl", "available_p_mw", "hold_cap_step"]
 
@@ -36,8 +36,8 @@ class Controller(ABC):
     """A controller maps the snapshot of one time step to device set-points.
 
     Subclasses implement :meth:`act`; they validate the snapshot with
-    ``snapshot.checked(feeder)`` so bad input raises :class:`~safedispatch.errors.InputError`
-    naming the field.
+    :func:`~safedispatch.problems.types.check_snapshot` so bad input (a wrong type included)
+    raises :class:`~safedispatch.errors.InputError` naming the field.
 
     Attributes:
         feeder: The network the controller acts on.
@@ -47,7 +47,7 @@ class Controller(ABC):
     name = "controller"
 
     def __init__(self, feeder: Feeder):
-        self.feeder = feeder
+        self.feeder = check_feeder(feeder)
 
     def reset(self) -> None:  # noqa: B027  (optional hook, deliberately not abstract)
         """Forget state kept between calls (start of an episode). Stateless controllers
@@ -64,7 +64,7 @@ class Controller(ABC):
             An :class:`~safedispatch.Action` of the feeder's sizes.
 
         Raises:
-            InputError: the snapshot does not fit the feeder.
+            InputError: the snapshot is not a Snapshot or does not fit the feeder.
         """
 
     def __call__(self, snapshot: Snapshot) -> Action:
@@ -85,9 +85,9 @@ class NoControl(Controller):
         """Available PV at unity power factor (see class docstring).
 
         Raises:
-            InputError: the snapshot does not fit the feeder.
+            InputError: the snapshot is not a Snapshot or does not fit the feeder.
         """
         f = self.feeder
-        snap = snapshot.checked(f)
+        snap = check_snapshot(snapshot, f)
         return Action(pv_p_mw=available_p_mw(f, snap), pv_q_mvar=np.zeros(f.n_pv), cap_step=hold_cap_step(f, snap),
                       ess_p_mw=np.zeros(f.n_ess))

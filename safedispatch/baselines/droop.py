@@ -32,9 +32,12 @@ from safedispatch.baselines.controller import Controller, available_p_mw, hold_c
 from safedispatch.errors import InputError
 from safedispatch.network.feeder import Feeder
 from safedispatch.powerflow import run_powerflow
-from safedispatch.problems.types import Action, Snapshot, net_injection
+from safedispatch.problems.types import Action, Snapshot, check_snapshot, net_injection, real_vector
 
-__all__ = ["CATEGORY_B_DEFAULT", "VoltVarCurve", "VoltVarDroop"]
+__all__ = ["CATEGORY_B_DEFAULT", "VM_MAX_PU", "VoltVarCurve", "VoltVarDroop"]
+
+#: largest measured voltage (pu) ``act(vm_pu=...)`` accepts: anything above is no measurement
+VM_MAX_PU = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,7 @@ class VoltVarCurve:
     q_pu: tuple = (0.44, 0.0, 0.0, -0.44)
 
     def __post_init__(self):
-        v = np.asarray(self.v_pu, float)
-        q = np.asarray(self.q_pu, float)
+        v, q = _floats(self.v_pu, "curve.v_pu"), _floats(self.q_pu, "curve.q_pu")
         if v.shape != (4,) or not np.isfinite(v).all() or not (v[0] < v[1] <= v[2] < v[3]):
             raise InputError(f"expected 4 finite breakpoints V1 < V2 <= V3 < V4, got {list(self.v_pu)}", "curve.v_pu")
         if q.shape != (4,) or not np.isfinite(q).all() or (np.abs(q) > 1).any():
@@ -62,6 +64,21 @@ class VoltVarCurve:
         """Reactive power (pu of rating) at voltages ``vm_pu`` (any shape), flat outside
         [V1, V4]."""
         return np.interp(np.asarray(vm_pu, float), np.asarray(self.v_pu, float), np.asarray(self.q_pu, float))
+
+
+def _floats(value, name: str) -> np.ndarray:
+    """``value`` as a real float array; InputError (naming ``name``) when it is not one."""
+    if np.iscomplexobj(value):
+        raise InputError("expected real numbers, got complex values", name)
+    try:
+        return np.asarray(value, dtype=float)
+    except Exception as exc:  # noqa: BLE001  (any conversion failure is bad input)
+        raise InputError(f"expected real numbers: {type(exc).__name__}: {exc}", name) from None
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
+        and bool(np.isfinite(v))
 
 
 #: IEEE 1547-2018 Table 8, category B default settings (V_ref = 1.0 pu)
@@ -103,14 +120,14 @@ class VoltVarDroop(Controller):
             raise InputError(f"expected a VoltVarCurve, got {type(curve).__name__}", "curve")
         if priority not in ("var", "watt"):
             raise InputError(f"expected 'var' or 'watt', got {priority!r}", "priority")
-        if not (np.isfinite(damping) and 0 < damping <= 1):
-            raise InputError(f"expected 0 < damping <= 1, got {damping}", "damping")
-        if not (np.isfinite(tol_mvar) and tol_mvar > 0):
-            raise InputError(f"expected a finite tolerance > 0, got {tol_mvar}", "tol_mvar")
-        if not (isinstance(max_iter, int) and max_iter >= 1):
+        if not (_real(damping) and 0 < damping <= 1):
+            raise InputError(f"expected 0 < damping <= 1, got {damping!r}", "damping")
+        if not (_real(tol_mvar) and tol_mvar > 0):
+            raise InputError(f"expected a finite tolerance > 0, got {tol_mvar!r}", "tol_mvar")
+        if isinstance(max_iter, bool) or not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
             raise InputError(f"expected an integer >= 1, got {max_iter!r}", "max_iter")
         self.curve, self.priority, self.damping = curve, priority, float(damping)
-        self.tol_mvar, self.max_iter = float(tol_mvar), max_iter
+        self.tol_mvar, self.max_iter = float(tol_mvar), int(max_iter)
         pf = feeder.pv.pf_min
         self._t_pf = np.where(pf > 0, np.tan(np.arccos(np.clip(pf, 1e-12, 1.0))), np.inf)
         #: ``{"iterations": int, "converged": bool, "residual_mvar": float}`` of the last call
@@ -152,18 +169,19 @@ class VoltVarDroop(Controller):
             The action (capacitors held, storage idle).
 
         Raises:
-            InputError: the snapshot or ``vm_pu`` does not fit the feeder.
+            InputError: the snapshot is not a Snapshot or does not fit the feeder; ``vm_pu`` is
+                not ``(n_bus,)`` finite voltages in ``(0, VM_MAX_PU]``.
         """
         f = self.feeder
-        snap = snapshot.checked(f)
+        snap = check_snapshot(snapshot, f)
         avail = available_p_mw(f, snap)
         cap = hold_cap_step(f, snap)
         s = f.pv.s_mva
         mk = lambda p, q: Action(pv_p_mw=p, pv_q_mvar=q, cap_step=cap, ess_p_mw=np.zeros(f.n_ess))  # noqa: E731
         if vm_pu is not None:
-            v = np.asarray(vm_pu, float)
-            if v.shape != (f.n_bus,) or not np.isfinite(v).all() or (v <= 0).any():
-                raise InputError(f"expected ({f.n_bus},) finite voltages > 0, got shape {v.shape}", "vm_pu")
+            v = real_vector(vm_pu, f.n_bus, "vm_pu", max_abs=VM_MAX_PU)
+            if (v <= 0).any():
+                raise InputError(f"expected voltages > 0, got {v[v <= 0][:5].tolist()}", "vm_pu")
             p, q = self.setpoints(self.curve(v[f.pv.bus]) * s, avail)
             self.last_info = {"iterations": 0, "converged": True, "residual_mvar": 0.0}
             return mk(p, q)

@@ -19,7 +19,8 @@ per feeder and options, each snapshot updates mutable parameters only: from the 
 on directly in the persistent HiGHS model (row bounds and objective offset are affine in the
 parameters; the map is measured once and checked, see :class:`_DirectHighs`), which skips
 Pyomo's expression walk (about half of a snapshot's time). Build and solve times are reported
-separately (the build includes measuring that map).
+separately: the build, all in the first call, includes measuring that map (about 1-2 s on a
+33-bus feeder: one Pyomo update per parameter), so every later call is a solve only.
 """
 
 from __future__ import annotations
@@ -32,15 +33,29 @@ from enum import IntEnum
 import numpy as np
 
 from safedispatch.backends import pyomo_
-from safedispatch.backends.result import SolveResult, SolveStatus
+from safedispatch.backends.result import SolveResult, SolveStatus, captured_output
 from safedispatch.baselines.controller import available_p_mw, hold_cap_step
-from safedispatch.errors import InputError
+from safedispatch.errors import V_ROOT_RANGE_PU, InputError
 from safedispatch.network.feeder import Feeder
 from safedispatch.problems.projection import BIG, ProjectionProgram, device_bounds
-from safedispatch.problems.types import Action, Snapshot
+from safedispatch.problems.types import Action, Snapshot, check_feeder, check_snapshot, real_vector
 from safedispatch.problems.zones import model_network
 
 __all__ = ["MIPResult", "MIPStatus", "SnapshotMIP", "solve_mip"]
+
+#: largest objective weight accepted: weights are relative prices, and HiGHS loses accuracy on
+#: coefficients far beyond this
+MAX_WEIGHT = 1e6
+
+
+def _real(v) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
+        and bool(np.isfinite(v))
+
+
+def _integer(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 class MIPStatus(IntEnum):
@@ -61,7 +76,8 @@ class MIPResult:
         status: :class:`MIPStatus`.
         objective: Optimal cost (``inf`` without a solution).
         mode: ``(n_pv,)`` 1 = grid-following, 0 = grid-forming (None without a solution).
-        build_time_s: Time to build the Pyomo model (0 when it was cached).
+        build_time_s: Time to build the Pyomo model and measure the direct path (the first
+            call of a model; 0 afterwards).
         solve_time_s: Time of the parameter update and HiGHS call.
         info: Solver details.
     """
@@ -95,22 +111,38 @@ class SnapshotMIP:
             Falls back to the Pyomo path by itself if the model turns out not to be affine in
             its parameters.
 
+    A feeder with nothing to decide (no inverter, storage or capacitor bank) is solved like any
+    other: the model then only checks the snapshot (OPTIMAL with an empty action, or
+    INFEASIBLE).
+
     Raises:
-        InputError: negative weights, too many grid-forming inverters, bad ``scr_min``.
+        InputError: ``feeder`` is not a Feeder; negative or non-numeric weights, too many
+            grid-forming inverters, bad ``scr_min``, ``v_ref_pu``, ``polygon_sides``,
+            ``time_limit_s`` or ``direct``.
     """
 
     def __init__(self, feeder: Feeder, curtailment: float = 1.5, voltage: float = 1.0, v_ref_pu: float = 1.0,
                  switch_weight: float = 0.01, min_grid_forming: int = 0, eps_mw: float = 0.0,
                  scr_min: float | None = None, polygon_sides: int = 16, time_limit_s: float | None = 10.0,
                  direct: bool = True):
+        check_feeder(feeder)
         for name, v in (("curtailment", curtailment), ("voltage", voltage), ("switch_weight", switch_weight),
                         ("eps_mw", eps_mw)):
-            if not (np.isfinite(v) and v >= 0):
-                raise InputError(f"expected a finite value >= 0, got {v}", name)
-        if not (isinstance(min_grid_forming, int) and 0 <= min_grid_forming <= feeder.n_pv):
+            if not (_real(v) and 0 <= v <= MAX_WEIGHT):
+                raise InputError(f"expected a finite value in [0, {MAX_WEIGHT:g}], got {v!r}", name)
+        if not (_real(v_ref_pu) and V_ROOT_RANGE_PU[0] <= v_ref_pu <= V_ROOT_RANGE_PU[1]):
+            raise InputError(f"expected a voltage in {list(V_ROOT_RANGE_PU)} pu, got {v_ref_pu!r}", "v_ref_pu")
+        if not (_integer(min_grid_forming) and 0 <= min_grid_forming <= feeder.n_pv):
             raise InputError(f"expected an integer in 0..{feeder.n_pv}, got {min_grid_forming!r}", "min_grid_forming")
-        if scr_min is not None and not (np.isfinite(scr_min) and scr_min > 0):
-            raise InputError(f"expected a finite ratio > 0, got {scr_min}", "scr_min")
+        if scr_min is not None and not (_real(scr_min) and scr_min > 0):
+            raise InputError(f"expected a finite ratio > 0, got {scr_min!r}", "scr_min")
+        if not (_integer(polygon_sides) and 4 <= polygon_sides <= 1024):
+            raise InputError(f"expected an integer in 4..1024, got {polygon_sides!r}", "polygon_sides")
+        if time_limit_s is not None and not (_real(time_limit_s) and time_limit_s > 0):
+            raise InputError(f"expected None or a finite time > 0 (s), got {time_limit_s!r}", "time_limit_s")
+        if not isinstance(direct, (bool, np.bool_)):
+            raise InputError(f"expected True or False, got {direct!r}", "direct")
+        min_grid_forming, polygon_sides = int(min_grid_forming), int(polygon_sides)
         t0 = time.perf_counter()
         self.feeder, self.time_limit_s = feeder, time_limit_s
         self.mn = mn = model_network(feeder)
@@ -154,6 +186,7 @@ class SnapshotMIP:
         self._direct = None
         self.build_time_s = time.perf_counter() - t0
         self._fresh = True
+        self._measured_s = 0.0  # time of this call spent measuring the direct path (build, not solve)
 
     def solve(self, snapshot: Snapshot) -> MIPResult:
         """Solve the MIP of one snapshot.
@@ -162,10 +195,10 @@ class SnapshotMIP:
             :class:`MIPResult`; infeasibility and solver failures are statuses.
 
         Raises:
-            InputError: the snapshot does not fit the feeder.
+            InputError: the snapshot is not a Snapshot or does not fit the feeder.
         """
         f, mn, alg = self.feeder, self.mn, self.alg
-        snap = snapshot.checked(f)
+        snap = check_snapshot(snapshot, f)
         t0 = time.perf_counter()
         tree = mn.tree
         m = alg.model
@@ -185,27 +218,33 @@ class SnapshotMIP:
         return self._finish(self._fixed_solve(), t0, snap)
 
     def _fixed_solve(self):
-        if self.direct and not self._fresh:
-            if self._direct is None:
-                t0 = time.perf_counter()
-                try:
+        self._measured_s = 0.0
+        if self._direct is not None:
+            return self._direct.solve(time_limit_s=self.time_limit_s)
+        r = pyomo_.solve(self.alg.model, time_limit_s=self.time_limit_s, solver=self._highs)
+        if self.direct and self._fresh:
+            # the first solve has built the persistent HiGHS model: measure the direct path's map
+            # now, as part of the build (reported in build_time_s), not in a later call
+            t0 = time.perf_counter()
+            try:
+                with captured_output():
                     self._direct = _DirectHighs(self._highs, self.alg.model)
-                except _NotAffine:
-                    self.direct = False
-                self.build_time_s += time.perf_counter() - t0
-            if self._direct is not None:
-                return self._direct.solve(time_limit_s=self.time_limit_s)
-        return pyomo_.solve(self.alg.model, time_limit_s=self.time_limit_s, solver=self._highs)
+            except Exception:  # noqa: BLE001  (_NotAffine, or HiGHS refusing: the Pyomo path works)
+                self.direct = False
+            self._measured_s = time.perf_counter() - t0
+            self.build_time_s += self._measured_s
+        return r
 
     def _finish(self, r, t0, snap) -> MIPResult:
         f, mn = self.feeder, self.mn
         build = self.build_time_s if self._fresh else 0.0
         self._fresh = False
-        info = {"termination": r.info.get("termination"), "errors": r.info.get("errors", {})}
+        info = {"termination": r.info.get("termination"), "errors": r.info.get("errors", {}),
+                "solver_output": r.info.get("solver_output", "")}
         if r.status != SolveStatus.OPTIMAL:
             st = MIPStatus.INFEASIBLE if r.status == SolveStatus.INFEASIBLE else MIPStatus.SOLVER_FAILED
             return MIPResult(action=None, status=st, objective=float("inf"), mode=None, build_time_s=build,
-                             solve_time_s=time.perf_counter() - t0, info=info)
+                             solve_time_s=time.perf_counter() - t0 - self._measured_s, info=info)
         x = r.x
         p, q, e = np.zeros(f.n_pv), np.zeros(f.n_pv), np.zeros(f.n_ess)
         p[mn.pv], q[mn.pv] = np.maximum(x["pv_p"], 0.0), x["pv_q"]
@@ -216,7 +255,8 @@ class SnapshotMIP:
         mode = np.ones(f.n_pv, dtype=np.int64)
         mode[mn.pv] = np.round(x["mode"]).astype(np.int64)
         return MIPResult(action=Action(pv_p_mw=p, pv_q_mvar=q, cap_step=cap, ess_p_mw=e), status=MIPStatus.OPTIMAL,
-                         objective=r.objective, mode=mode, build_time_s=build, solve_time_s=time.perf_counter() - t0,
+                         objective=r.objective, mode=mode, build_time_s=build,
+                         solve_time_s=time.perf_counter() - t0 - self._measured_s,
                          info=info)
 
     def solve_fixed_caps(self, snapshot: Snapshot, cap_step) -> MIPResult:
@@ -224,17 +264,19 @@ class SnapshotMIP:
         enumeration over steps evaluates).
 
         Raises:
-            InputError: steps outside 0..n_steps.
+            InputError: steps outside 0..n_steps; the snapshot is not a Snapshot or does not
+                fit the feeder.
         """
         f, mn, alg = self.feeder, self.mn, self.alg
-        c = np.asarray(cap_step, float)
-        if c.shape != (f.n_cap,) or np.any(c < 0) or np.any(c > f.cap.n_steps) or np.any(c != np.round(c)):
+        c = real_vector(cap_step, f.n_cap, "cap_step", max_abs=None)
+        if np.any(c < 0) or np.any(c > f.cap.n_steps) or np.any(c != np.round(c)):
             raise InputError(f"expected ({f.n_cap},) integers in 0..n_steps", "cap_step")
-        self.solve(snapshot)  # writes the snapshot's parameters
+        snap = check_snapshot(snapshot, f)
+        self.solve(snap)  # writes the snapshot's parameters
         t0 = time.perf_counter()
         alg.set("c_lo", c[mn.cap])
         alg.set("c_hi", c[mn.cap])
-        out = self._finish(self._fixed_solve(), t0, snapshot.checked(f))
+        out = self._finish(self._fixed_solve(), t0, snap)
         alg.set("c_lo", np.zeros(mn.cap.size))
         alg.set("c_hi", f.cap.n_steps[mn.cap].astype(float))
         return out
@@ -343,9 +385,17 @@ class _DirectHighs:
         hs.setOptionValue("output_flag", False)
         hs.setOptionValue("mip_rel_gap", mip_gap)
         hs.setOptionValue("time_limit", float(time_limit_s) if time_limit_s is not None else inf)
-        hs.run()
-        status = hs.getModelStatus()
-        info = hs.getInfo()
+        out = captured_output()
+        try:
+            with out:
+                hs.run()
+            status = hs.getModelStatus()
+            info = hs.getInfo()
+        except Exception as exc:  # noqa: BLE001  (HiGHS's own exception must not escape)
+            return SolveResult(status=SolveStatus.NUMERICAL_ERROR, solver="HIGHS",
+                               solve_time_s=time.perf_counter() - t0,
+                               info={"errors": {"HIGHS": f"{type(exc).__name__}: {exc}"}, "path": "direct",
+                                     "solver_output": out.text})
         dt = time.perf_counter() - t0
         S = highspy.HighsModelStatus
         if status == S.kOptimal:
@@ -364,8 +414,10 @@ class _DirectHighs:
             col = np.asarray(hs.getSolution().col_value, float)
             x = {name: col[idx] for name, idx in self.var_cols.items()}
             obj = float(info.objective_function_value)
+            if not (np.isfinite(col).all() and np.isfinite(obj)):
+                st, x, obj = SolveStatus.NUMERICAL_ERROR, {}, float("inf")
         return SolveResult(status=st, x=x, objective=obj, solver="HIGHS", solve_time_s=dt,
-                           info={"termination": str(status), "path": "direct"})
+                           info={"termination": str(status), "path": "direct", "solver_output": out.text})
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -376,10 +428,40 @@ def solve_mip(feeder: Feeder, snapshot: Snapshot, **options) -> MIPResult:
     and options). The model is built once per feeder and options and cached.
 
     Raises:
-        InputError: bad options or snapshot. Not thread-safe (the cache shares the model).
+        InputError: ``feeder`` is not a Feeder; unknown or bad options; the snapshot is not a
+        Snapshot or does not fit the feeder. Not thread-safe (the cache shares the model).
     """
-    key = tuple(sorted(options.items()))
+    check_feeder(feeder)
+    key = _options_key(options, _MIP_OPTIONS)
     per = _CACHE.setdefault(feeder, {})
     if key not in per:
         per[key] = SnapshotMIP(feeder, **options)
     return per[key].solve(snapshot)
+
+
+_MIP_OPTIONS = frozenset(("curtailment", "voltage", "v_ref_pu", "switch_weight", "min_grid_forming", "eps_mw",
+                          "scr_min", "polygon_sides", "time_limit_s", "direct"))
+
+
+def _options_key(options: dict, known) -> tuple:
+    """A hashable cache key of keyword options; InputError for unknown names or values that are
+    not plain (hashable) scalars."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown}; expected some of {sorted(known)}", "options")
+    key = tuple(sorted(options.items()))
+    try:
+        hash(key)
+    except TypeError:
+        bad = [k for k, v in options.items() if not _hashable(v)]
+        raise InputError(f"expected plain values, got unhashable {[type(options[k]).__name__ for k in bad]}",
+                         bad[0] if bad else "options") from None
+    return key
+
+
+def _hashable(v) -> bool:
+    try:
+        hash(v)
+    except TypeError:
+        return False
+    return True

@@ -43,7 +43,7 @@ from safedispatch.network.feeder import Feeder
 from safedispatch.powerflow import run_powerflow
 from safedispatch.problems.opf import OPFProgram, resolve_weights
 from safedispatch.problems.projection import FORMULATIONS
-from safedispatch.problems.types import Action, Snapshot, net_injection
+from safedispatch.problems.types import Action, Snapshot, check_feeder, check_snapshot, net_injection
 from safedispatch.problems.zones import model_network
 
 __all__ = ["OPFController", "OPFResult", "OPFStatus", "SnapshotOPF", "solve_opf"]
@@ -133,19 +133,22 @@ class SnapshotOPF:
         repair: Repair AC-infeasible SOCP results (see module docstring).
         solvers: CVXPY solver chain.
 
+    A feeder with nothing to control (no inverter, no storage) is solved like any other: the
+    model then only checks the snapshot (OPTIMAL with an empty action, or INFEASIBLE).
+
     Raises:
-        InputError: unknown model or objective, bad ``scr_min``.
+        InputError: ``feeder`` is not a Feeder, unknown model or objective, bad ``scr_min``,
+            ``repair`` or ``solvers``.
     """
 
     def __init__(self, feeder: Feeder, model: str = "socp", objective="losses", scr_min: float | None = None,
                  repair: bool = True, solvers=cvxpy_.DEFAULT_SOLVERS):
-        if model not in FORMULATIONS:
-            raise InputError(f"expected one of {sorted(FORMULATIONS)}, got {model!r}", "model")
-        if scr_min is not None and not (np.isfinite(scr_min) and scr_min > 0):
-            raise InputError(f"expected a finite ratio > 0, got {scr_min}", "scr_min")
+        check_feeder(feeder)
+        model, scr_min, repair = check_options(model, scr_min, repair)
+        solvers = cvxpy_.check_solvers(solvers)
         self.feeder, self.model, self.scr_min = feeder, model, scr_min
         self.weights = resolve_weights(objective)
-        self.repair, self.solvers = bool(repair), tuple(solvers)
+        self.repair, self.solvers = repair, solvers
         self.mn = model_network(feeder)
         self.alg = cvxpy_.CvxpyAlgebra()
         self.prog = OPFProgram(self.alg, feeder, self.mn, model, self.weights, scr_min)
@@ -213,11 +216,11 @@ class SnapshotOPF:
             :class:`OPFResult`; solver failures and infeasibility are statuses.
 
         Raises:
-            InputError: the snapshot does not fit the feeder.
+            InputError: the snapshot is not a Snapshot or does not fit the feeder.
         """
         t0 = time.perf_counter()
         f = self.feeder
-        snap = snapshot.checked(f)
+        snap = check_snapshot(snapshot, f)
         cap = hold_cap_step(f, snap)
         self._set(snap, cap)
         r = self._solve_once(0.0)
@@ -310,8 +313,9 @@ def solve_opf_problem(problem, solvers=cvxpy_.DEFAULT_SOLVERS):
     Returns:
         The :class:`~safedispatch.backends.result.SolveResult` of the last attempt, its
         ``solve_time_s`` summed over the attempts, ``info["tried"]`` listing them and
-        ``info["errors"]`` merged. When the last attempt has no answer (a later solver raised
-        or failed) and no definite verdict, the latest OPTIMAL_INACCURATE answer found on the
+        ``info["errors"]`` and ``info["solver_output"]`` merged. When the last attempt has no
+        answer (a later solver raised or failed) and no definite verdict, the latest
+        OPTIMAL_INACCURATE answer found on the
         way is returned instead (as :func:`~safedispatch.backends.cvxpy_.solve` does within
         one chain).
     """
@@ -337,7 +341,27 @@ def solve_opf_problem(problem, solvers=cvxpy_.DEFAULT_SOLVERS):
     r.solve_time_s = sum(a.solve_time_s for a in attempts)
     r.info["tried"] = tried
     r.info["errors"] = errors
+    r.info["solver_output"] = "".join(a.info.get("solver_output", "") for a in attempts)
     return r
+
+
+def check_options(model, scr_min, repair=True) -> tuple[str, float | None, bool]:
+    """The validated ``(model, scr_min, repair)`` options shared by the OPF baselines.
+
+    Raises:
+        InputError: ``model`` is not one of the formulations' names, ``scr_min`` not None or a
+            finite ratio > 0, ``repair`` not a bool (each named).
+    """
+    if not (isinstance(model, str) and model in FORMULATIONS):
+        raise InputError(f"expected one of {sorted(FORMULATIONS)}, got {model!r}", "model")
+    if scr_min is not None:
+        if not (isinstance(scr_min, (int, float, np.integer, np.floating)) and not isinstance(scr_min, bool)
+                and np.isfinite(scr_min) and scr_min > 0):
+            raise InputError(f"expected a finite ratio > 0, got {scr_min!r}", "scr_min")
+        scr_min = float(scr_min)
+    if not isinstance(repair, (bool, np.bool_)):
+        raise InputError(f"expected True or False, got {repair!r}", "repair")
+    return model, scr_min, bool(repair)
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -363,9 +387,12 @@ def solve_opf(feeder: Feeder, snapshot: Snapshot, model: str = "socp", objective
         :class:`OPFResult`.
 
     Raises:
-        InputError: bad model, objective or snapshot. Not thread-safe (the cache shares
-        solver state): threads should each build a :class:`SnapshotOPF`.
+        InputError: ``feeder`` is not a Feeder; bad model, objective, options or snapshot (a
+        wrong type included). Not thread-safe (the cache shares solver state): threads should
+        each build a :class:`SnapshotOPF`.
     """
+    check_feeder(feeder)
+    model, scr_min, repair = check_options(model, scr_min, repair)
     weights = resolve_weights(objective)
     key = (model, OPFProgram.key(weights), scr_min, bool(repair))
     per = _CACHE.setdefault(feeder, {})
@@ -394,7 +421,7 @@ class OPFController(Controller):
         """The OPF's set-points (no control when it has none).
 
         Raises:
-            InputError: the snapshot does not fit the feeder.
+            InputError: the snapshot is not a Snapshot or does not fit the feeder.
         """
         self.last_result = self.opf.solve(snapshot)
         if self.last_result.action is None:

@@ -44,7 +44,19 @@ With ``validate=True``, ``info["pandapower_converged"]`` and, when it converged,
 ``info`` holds plain numpy arrays and floats: ``vm_pu``, ``pv_p_mw``, ``pv_q_mvar``,
 ``pv_avail_mw``, ``load_p_mw``, ``load_q_mvar``, ``cap_step``, ``ess_p_mw``, ``p_loss_mw``,
 ``curtailed_mw``, ``cost``, ``pf_converged``, ``device_limited_mva``, ``action_out_of_bounds``,
-``day``, ``step``.
+``action_invalid``, ``day``, ``step``.
+
+**Lifecycle** (Gymnasium's): :meth:`~DispatchEnv.reset` starts an episode; :meth:`~DispatchEnv.step`
+before the first reset, or after the step that returned ``truncated`` (or ``terminated``),
+raises :class:`ResetNeeded` until the next reset.
+
+**Bad actions are reported, not raised** (Grid2Op's habit, DESIGN.md): an action with NaN or
+inf entries (a diverged policy) is replaced for that step by no control (all available PV at
+unity power factor, capacitors held, storage idle) and ``info["action_invalid"]`` is True
+(False otherwise); an action outside the Box is clipped and the excess reported in
+``info["action_out_of_bounds"]``. What is not an action of this env at all (wrong shape or
+type, complex values) is a programming error and raises :class:`~safedispatch.errors.InputError`
+naming ``action``.
 """
 
 from __future__ import annotations
@@ -59,10 +71,50 @@ from safedispatch.errors import InputError
 from safedispatch.network.cases import load_case
 from safedispatch.network.feeder import Feeder
 from safedispatch.powerflow import run_powerflow
-from safedispatch.problems.types import Action, Snapshot, net_injection
+from safedispatch.problems.types import Action, Snapshot, check_action, check_feeder, net_injection, real_array
 from safedispatch.scenarios.profiles import STEPS_PER_DAY, case_profiles, split_days
 
-__all__ = ["DispatchEnv", "EnvConfig"]
+__all__ = ["DispatchEnv", "EnvConfig", "ResetNeeded"]
+
+
+class ResetNeeded(InputError, gym.error.ResetNeeded):
+    """``step`` was called before ``reset``, or after the episode ended (``terminated`` or
+    ``truncated``): call ``reset()`` first.
+
+    Both a :class:`~safedispatch.errors.InputError` (so a :class:`~safedispatch.errors.SafeDispatchError`
+    and a ``ValueError``) and Gymnasium's own ``gymnasium.error.ResetNeeded``, so code written
+    against either catches it.
+    """
+
+
+def check_seed(seed, name: str = "seed") -> int | None:
+    """None or a non-negative integer (what Gymnasium's seeding accepts).
+
+    Raises:
+        InputError: anything else (field ``name``).
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"expected None or an integer >= 0, got {seed!r}", name)
+    return int(seed)
+
+
+def check_options(options) -> dict:
+    """None or a dict of reset options; ``"day"``, when present, an integer.
+
+    Raises:
+        InputError: anything else (field ``options`` or ``options.day``).
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise InputError(f"expected None or a dict, got {type(options).__name__}", "options")
+    if "day" in options:
+        d = options["day"]
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+            raise InputError(f"expected an integer day of year, got {d!r}", "options.day")
+    return options
 
 REWARDS = ("paperB", "paperC", "paperA")
 CONTROLS = ("pq", "q")
@@ -140,8 +192,10 @@ class DispatchEnv(gym.Env):
 
     def __init__(self, config: EnvConfig | None = None, feeder: Feeder | None = None):
         super().__init__()
+        if config is not None and not isinstance(config, EnvConfig):
+            raise InputError(f"expected an EnvConfig or None, got {type(config).__name__}", "config")
         self.config = cfg = config or EnvConfig()
-        self.feeder = f = feeder if feeder is not None else load_case(cfg.case)
+        self.feeder = f = check_feeder(feeder) if feeder is not None else load_case(cfg.case)
         self.days = _check_config(cfg, f)
         self.profiles = case_profiles(f, self.days, cfg.load_profile, cfg.pv_profile)
         self.n_act_pv = 2 * f.n_pv if cfg.control == "pq" else f.n_pv
@@ -169,11 +223,13 @@ class DispatchEnv(gym.Env):
                 self._zone_of_bus[np.asarray(z)] = k
         self._pp_net = None
         self._action_excess = 0.0
+        self._action_invalid = False
         self._day_pos = 0
         self._t = 0
         self._prev: Action | None = None
         self._soc = f.ess.soc_init.copy()
         self._vm = np.ones(f.n_bus)
+        self._needs_reset = True  # before the first reset and after the episode's end
 
     # -- data of the current step ------------------------------------------------------------
     def _row(self) -> int:
@@ -202,15 +258,19 @@ class DispatchEnv(gym.Env):
     def decode(self, action) -> Action:
         """The set-points an action vector requests (before the devices' own limits).
 
+        An action with NaN or inf entries decodes to no control (see the module docstring),
+        flagged for the step's ``info["action_invalid"]``.
+
         Raises:
-            InputError: wrong shape or non-finite entries (field ``action``).
+            InputError: not an array of real numbers of the action space's shape (field
+                ``action``).
         """
         f = self.feeder
-        a = np.asarray(action, dtype=float)
-        if a.shape != self.action_space.shape:
-            raise InputError(f"expected shape {self.action_space.shape}, got {a.shape}", "action")
+        a = real_array(action, self.action_space.shape, "action")
         if not np.isfinite(a).all():
-            raise InputError("contains NaN or inf", "action")
+            self._action_invalid, self._action_excess = True, 0.0
+            return self.no_control()
+        self._action_invalid = False
         # the Box's bounds: RL noise may step outside them; how far is reported in the step's info
         clipped = np.clip(a, -1.0, 1.0)
         self._action_excess = float(np.abs(a - clipped).max(initial=0.0))
@@ -227,6 +287,16 @@ class DispatchEnv(gym.Env):
         cap = np.rint((a[o:o + f.n_cap] + 1.0) / 2.0 * f.cap.n_steps).astype(np.int64)
         e = a[o + f.n_cap:] * f.ess.p_max_mw
         return Action(pv_p_mw=p, pv_q_mvar=q, cap_step=cap, ess_p_mw=e)
+
+    def no_control(self) -> Action:
+        """The current step's no-control set-points: all available PV at unity power factor,
+        capacitors at their previous steps, storage idle (the fallback for an unreadable
+        action)."""
+        f = self.feeder
+        avail = self.profiles.pv_avail_mw[self._row()]
+        cap = self._prev.cap_step.copy() if self._prev is not None else f.cap.step_init.copy()
+        return Action(pv_p_mw=np.minimum(avail, f.pv.s_mva), pv_q_mvar=np.zeros(f.n_pv), cap_step=cap,
+                      ess_p_mw=np.zeros(f.n_ess))
 
     def _device_limits(self, act: Action) -> tuple[Action, float]:
         """What the devices can do of a requested action: P at most the available PV, Q within
@@ -250,13 +320,21 @@ class DispatchEnv(gym.Env):
     # -- gymnasium API -----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start a day: ``options={"day": d}`` picks day of year ``d`` (one of ``self.days``);
-        otherwise a day is drawn from ``self.days`` with the env's seeded generator."""
-        super().reset(seed=seed)
-        f = self.feeder
-        if options and "day" in options:
+        otherwise a day is drawn from ``self.days`` with the env's seeded generator.
+
+        Raises:
+            InputError: ``seed`` is not None or an integer >= 0, ``options`` not None or a dict,
+                ``options["day"]`` not an integer or not one of this env's days.
+        """
+        seed = check_seed(seed)
+        options = check_options(options)
+        if "day" in options:
             hit = np.flatnonzero(self.days == int(options["day"]))
             if hit.size == 0:
-                raise InputError(f"day {options['day']!r} is not one of this env's days", "options")
+                raise InputError(f"day {options['day']!r} is not one of this env's days", "options.day")
+        super().reset(seed=seed)
+        f = self.feeder
+        if "day" in options:
             self._day_pos = int(hit[0])
         else:
             self._day_pos = int(self.np_random.integers(len(self.days)))
@@ -268,15 +346,39 @@ class DispatchEnv(gym.Env):
                             ess_p_mw=np.zeros(f.n_ess))
         pf = self._powerflow(self._prev)
         self._vm = np.asarray(pf.vm_pu, float)
+        self._needs_reset = False
         return self._obs(), {"day": self.day, "step": 0}
 
+    def check_running(self) -> None:
+        """Raise :class:`ResetNeeded` unless an episode is running (reset called, not ended)."""
+        if self._needs_reset:
+            if self._prev is None:
+                raise ResetNeeded("step() before reset(): call reset() to start an episode")
+            raise ResetNeeded("the episode ended (the day's last step returned truncated=True): call reset() to "
+                              "start the next one")
+
     def step(self, action):
+        """One step of 15 minutes (see the module docstring).
+
+        Raises:
+            ResetNeeded: before the first :meth:`reset` or after the episode's end.
+            InputError: an action the env cannot read (field ``action``).
+        """
+        self.check_running()
         return self.step_setpoints(self.decode(action))
 
     def step_setpoints(self, requested: Action):
         """Apply set-points (an :class:`Action`, e.g. a safety layer's output) for the current
-        step; same return as :meth:`step`."""
+        step; same return as :meth:`step`.
+
+        Raises:
+            ResetNeeded: before the first :meth:`reset` or after the episode's end.
+            InputError: ``requested`` is not an Action of the feeder's sizes with finite values
+                (field ``setpoints``).
+        """
+        self.check_running()
         f, cfg = self.feeder, self.config
+        requested = check_action(requested, f, "setpoints")
         applied, cut = self._device_limits(requested)
         pf = self._powerflow(applied)
         r = self._row()
@@ -306,8 +408,10 @@ class DispatchEnv(gym.Env):
                 "load_q_mvar": self.profiles.load_q_mvar[r].copy(), "cap_step": applied.cap_step.copy(),
                 "ess_p_mw": applied.ess_p_mw.copy(), "p_loss_mw": loss, "curtailed_mw": curtailed, "cost": cost,
                 "pf_converged": bool(pf.converged), "device_limited_mva": cut,
-                "action_out_of_bounds": self._action_excess, "day": self.day, "step": self._t}
-        self._action_excess = 0.0  # set-points applied directly (step_setpoints) were not clipped
+                "action_out_of_bounds": self._action_excess, "action_invalid": self._action_invalid,
+                "day": self.day, "step": self._t}
+        # set-points applied directly (step_setpoints) were neither clipped nor replaced
+        self._action_excess, self._action_invalid = 0.0, False
         if cfg.validate:
             dv = self._pandapower_check(applied, vm)
             info["pandapower_converged"] = dv is not None
@@ -325,6 +429,7 @@ class DispatchEnv(gym.Env):
         truncated = self._t >= STEPS_PER_DAY
         if truncated:
             self._t = STEPS_PER_DAY - 1  # the observation repeats the last step's data
+            self._needs_reset = True
         return self._obs(), float(reward), False, truncated, info
 
     # -- internals ---------------------------------------------------------------------------
@@ -344,13 +449,15 @@ class DispatchEnv(gym.Env):
         p, q, sh = net_injection(f, self.snapshot(), act)
         net.load.drop(net.load.index, inplace=True)
         net.sgen.drop(net.sgen.index, inplace=True)
-        net.shunt.drop(net.shunt.index, inplace=True)
+        # only the capacitor banks: the fixed bus shunts (half-connected line charging, wards) stay
+        cap_rows = net.shunt["controllable"].fillna(True).astype(bool) if "controllable" in net.shunt else True
+        net.shunt.drop(net.shunt.index[cap_rows], inplace=True)
         for b in range(f.n_bus):
             if b == f.root_bus:
                 continue
             pp.create_load(net, b, p_mw=-p[b], q_mvar=-q[b])
             if sh[b]:
-                pp.create_shunt(net, b, q_mvar=-sh[b], p_mw=0.0)
+                pp.create_shunt(net, b, q_mvar=-sh[b], p_mw=0.0, controllable=True)
         try:
             pp.runpp(net, tolerance_mva=1e-9, max_iteration=50)
         except pp.LoadflowNotConverged:

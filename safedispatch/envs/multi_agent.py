@@ -15,7 +15,8 @@ bus load) at its buses, its inverters' availability and previous set-points, its
 steps and storage state, and the time of day. ``state()`` is the global observation of
 :class:`DispatchEnv` (for a centralized critic). All agents share the team reward; every
 agent's ``info`` is the step's info. The day's end truncates every agent (and empties
-``agents``, as the Parallel API expects).
+``agents``, as the Parallel API expects); ``step`` before ``reset`` or after the day's end
+raises :class:`~safedispatch.envs.dispatch.ResetNeeded`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import gymnasium as gym
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from safedispatch.envs.dispatch import DispatchEnv, EnvConfig
+from safedispatch.envs.dispatch import DispatchEnv, EnvConfig, ResetNeeded
 from safedispatch.errors import InputError
 from safedispatch.network.feeder import Feeder
-from safedispatch.problems.types import Action
+from safedispatch.problems.types import Action, real_array
 from safedispatch.scenarios.profiles import STEPS_PER_DAY
 
 __all__ = ["MultiAgentDispatchEnv"]
@@ -143,27 +144,48 @@ class MultiAgentDispatchEnv(ParallelEnv):
         """The :class:`DispatchEnv` action vector of the agents' actions.
 
         Raises:
-            InputError: a live agent without an action, an unknown agent, a wrong shape.
+            InputError: ``actions`` is not a dict, a live agent without an action, an unknown
+                agent, an action that is not a real vector of the agent's size (NaN or inf
+                entries are no error: see :class:`~safedispatch.envs.dispatch.DispatchEnv`).
         """
+        if not isinstance(actions, dict):
+            raise InputError(f"expected a dict of actions by agent, got {type(actions).__name__}", "actions")
         missing = [a for a in self.agents if a not in actions]
         if missing:
             raise InputError(f"expected an action for every live agent, missing {missing[:5]}", "actions")
         flat = np.zeros(self._n_act)
         for a, act in actions.items():
-            if a not in self._act_idx:
+            if not isinstance(a, str) or a not in self._act_idx:
                 raise InputError(f"unknown agent {a!r}", "actions")
-            v = np.asarray(act, dtype=float)
-            if v.shape != (self._act_idx[a].size,):
-                raise InputError(f"expected shape ({self._act_idx[a].size},) for {a}, got {v.shape}", "actions")
-            flat[self._act_idx[a]] = v
+            # NaN or inf pass on: the core env reports them and applies no control
+            flat[self._act_idx[a]] = real_array(act, (self._act_idx[a].size,), f"actions[{a!r}]")
         return flat
 
+    def check_running(self) -> None:
+        """Raise :class:`~safedispatch.envs.dispatch.ResetNeeded` unless an episode is running."""
+        if not self.agents:
+            self.core.check_running()  # its message says whether reset was never called
+            raise ResetNeeded("no live agents: call reset() to start an episode")
+
     def step(self, actions: dict):
+        """One step of every live agent.
+
+        Raises:
+            ResetNeeded: before :meth:`reset` or after the day's end.
+            InputError: bad actions (see :meth:`flat_action`).
+        """
+        self.check_running()
         return self.step_setpoints(self.core.decode(self.flat_action(actions)))
 
     def step_setpoints(self, setpoints: Action):
         """Apply set-points for all devices (e.g. a safety layer's output); same return as
-        :meth:`step`."""
+        :meth:`step`.
+
+        Raises:
+            ResetNeeded: before :meth:`reset` or after the day's end.
+            InputError: ``setpoints`` is not an Action of the feeder's sizes.
+        """
+        self.check_running()
         _, reward, terminated, truncated, info = self.core.step_setpoints(setpoints)
         agents = self.agents
         obs = {a: self._local(a) for a in agents}

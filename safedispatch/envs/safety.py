@@ -71,7 +71,14 @@ class SafetyWrapper(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
     def step(self, action):
+        """Project the action, then step the env (``info`` gains the projection's outputs).
+
+        Raises:
+            ResetNeeded: before :meth:`reset` or after the episode's end.
+            InputError: an action the env cannot read.
+        """
         base: DispatchEnv = self.env
+        base.check_running()
         raw = base.decode(action)
         res, extra = _project(self.layer, base, raw, self.certify_ac, self.max_rounds)
         obs, reward, terminated, truncated, info = base.step_setpoints(res.action)
@@ -105,7 +112,15 @@ class ParallelSafetyWrapper(BaseParallelWrapper):
         return self.env.reset(seed=seed, options=options)
 
     def step(self, actions):
+        """Project the joint action, then step the env (every agent's ``info`` gains the
+        projection's outputs).
+
+        Raises:
+            ResetNeeded: before :meth:`reset` or after the day's end.
+            InputError: bad actions.
+        """
         env: MultiAgentDispatchEnv = self.env
+        env.check_running()
         raw = env.core.decode(env.flat_action(actions))
         res, extra = _project(self.layer, env.core, raw, self.certify_ac, self.max_rounds)
         obs, rew, term, trunc, infos = env.step_setpoints(res.action)

@@ -4,7 +4,9 @@ cost and observation layout), the AC power flow batched (:func:`safedispatch.run
 tensors) and, with ``safety=True``, the batched :class:`~safedispatch.safety.torch_layer.TorchSafetyLayer`.
 
 All ``num_envs`` envs run synchronized days: they start at step 0 on :meth:`reset` and are all
-truncated after the 96th step; then call :meth:`reset` again (no auto-reset). Env ``i`` seeded
+truncated after the 96th step; then call :meth:`reset` again (no auto-reset): :meth:`step`
+before the first reset or after the day's end raises
+:class:`~safedispatch.envs.dispatch.ResetNeeded`. Env ``i`` seeded
 with ``seed`` draws the same day as ``DispatchEnv.reset(seed=seed + i)`` would, so a batch can be
 checked against single envs step by step.
 
@@ -12,7 +14,7 @@ Returns are torch tensors on ``device`` (``dtype`` float64 by default): observat
 ``(B, n_obs)``, rewards ``(B,)``, ``terminated`` / ``truncated`` ``(B,)`` bool, and ``info`` a
 dict of ``(B, ...)`` tensors (``vm_pu``, ``pv_p_mw``, ``pv_q_mvar``, ``pv_avail_mw``,
 ``load_p_mw``, ``load_q_mvar``, ``p_loss_mw``, ``curtailed_mw``, ``cost``, ``pf_converged``, ``action_out_of_bounds``,
-and with safety ``raw_action``, ``safe_action``, ``correction_norm``, ``projection_status``).
+``action_invalid``, and with safety ``raw_action``, ``safe_action``, ``correction_norm``, ``projection_status``).
 
 The safety layer here is the LinDistFlow projection without AC certification (the torch layer
 has no AC correction loop): its voltages can differ from the AC ones by the model error. The
@@ -28,11 +30,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from safedispatch.envs.dispatch import EnvConfig, _check_config
+from safedispatch.envs.dispatch import EnvConfig, ResetNeeded, _check_config, check_seed
 from safedispatch.errors import InputError
 from safedispatch.network.cases import load_case
 from safedispatch.network.feeder import Feeder
 from safedispatch.powerflow import run_powerflow
+from safedispatch.problems.types import check_feeder
 from safedispatch.scenarios.profiles import STEPS_PER_DAY, case_profiles
 
 __all__ = ["VectorDispatchEnv"]
@@ -56,6 +59,8 @@ class VectorDispatchEnv:
     def __init__(self, config: EnvConfig | None = None, num_envs: int = 1024, device="cpu",
                  dtype: torch.dtype = torch.float64, safety: bool = False, safety_kw: dict | None = None,
                  feeder: Feeder | None = None):
+        if config is not None and not isinstance(config, EnvConfig):
+            raise InputError(f"expected an EnvConfig or None, got {type(config).__name__}", "config")
         cfg = config or EnvConfig()
         if cfg.graph_obs or cfg.validate:
             raise InputError("graph_obs and validate are single-env options", "config")
@@ -64,7 +69,7 @@ class VectorDispatchEnv:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise InputError(f"expected an integer >= 1, got {num_envs!r}", "num_envs")
         self.config = cfg
-        self.feeder = f = feeder if feeder is not None else load_case(cfg.case)
+        self.feeder = f = check_feeder(feeder) if feeder is not None else load_case(cfg.case)
         self.days = _check_config(cfg, f)
         self.num_envs = B = num_envs
         self.device, self.dtype = torch.device(device), dtype
@@ -102,6 +107,7 @@ class VectorDispatchEnv:
             self.layer = TorchSafetyLayer(f, dt_h=self.dt_h, **(safety_kw or {}))
         self._day_pos = torch.zeros(B, dtype=torch.long, device=self.device)
         self._step = 0
+        self._started = False  # reset() was called at least once
 
     def _t(self, x) -> torch.Tensor:
         # a copy (the profiles are read-only arrays)
@@ -115,7 +121,12 @@ class VectorDispatchEnv:
 
     def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict]:
         """Start a day in every env (env ``i``: the day ``DispatchEnv.reset(seed=seed + i)`` draws;
-        without a seed, days drawn from a fresh generator)."""
+        without a seed, days drawn from a fresh generator).
+
+        Raises:
+            InputError: ``seed`` is not None or an integer >= 0.
+        """
+        seed = check_seed(seed)
         B, f = self.num_envs, self.feeder
         pos = np.empty(B, dtype=np.int64)
         for i in range(B):
@@ -131,6 +142,7 @@ class VectorDispatchEnv:
         self._soc = self._ess["soc_init"].expand(B, -1).clone()
         pf = self._powerflow(self._p, self._q, self._cap, self._e)
         self._vm = pf.vm_pu
+        self._started = True
         return self._obs(), {"day": torch.as_tensor(self.days[pos], device=self.device)}
 
     def _decode(self, a: torch.Tensor):
@@ -179,23 +191,49 @@ class VectorDispatchEnv:
         Args:
             actions: ``(num_envs, n_act)`` in ``[-1, 1]`` (tensor or array).
 
+        A row with NaN or inf entries is no control for that env (all available PV at unity
+        power factor, capacitors held, storage idle), flagged in ``info["action_invalid"]``
+        ``(B,)``, as in :class:`~safedispatch.envs.dispatch.DispatchEnv`.
+
         Raises:
-            InputError: wrong shape, NaN or inf (field ``actions``), or a step after the day's end.
+            ResetNeeded: before the first :meth:`reset` or after the day's end.
+            InputError: not real numbers or the wrong shape (field ``actions``).
         """
         f, cfg, B = self.feeder, self.config, self.num_envs
-        a = torch.as_tensor(actions, dtype=self.dtype, device=self.device)
+        if not self._started:
+            raise ResetNeeded("step() before reset(): call reset() to start the day")
+        if self._step >= STEPS_PER_DAY:
+            raise ResetNeeded("the day is over (the last step returned truncated=True): call reset()")
+        try:
+            cplx = actions.is_complex() if isinstance(actions, torch.Tensor) else np.iscomplexobj(actions)
+        except Exception:  # noqa: BLE001  (not array-like: the conversion below says why)
+            cplx = False
+        if cplx:
+            raise InputError("expected real numbers, got complex values", "actions")
+        if isinstance(actions, np.ndarray) and not actions.flags.writeable:
+            actions = actions.copy()  # torch warns on (and cannot share) read-only memory
+        try:
+            a = torch.as_tensor(actions, dtype=self.dtype, device=self.device)
+        except Exception as exc:  # noqa: BLE001  (any conversion failure is bad input)
+            raise InputError(f"expected a ({B}, n_act) array of real numbers: {type(exc).__name__}: {exc}",
+                             "actions") from None
         if tuple(a.shape) != (B, self.single_action_space.shape[0]):
             raise InputError(f"expected shape ({B}, {self.single_action_space.shape[0]}), got {tuple(a.shape)}",
                              "actions")
-        if not torch.isfinite(a).all():
-            raise InputError("contains NaN or inf", "actions")
-        if self._step >= STEPS_PER_DAY:
-            raise InputError("the day is over: call reset()", "actions")
+        # as DispatchEnv: a row with NaN or inf is no control for that env, reported, not raised
+        invalid = ~torch.isfinite(a).all(dim=1)
+        a = torch.where(invalid[:, None], torch.zeros_like(a), a)
         clipped = a.clamp(-1.0, 1.0)  # the Box's bounds; the excess is reported, as in DispatchEnv
-        info = {"action_out_of_bounds": (a - clipped).abs().amax(dim=1)}
+        info = {"action_out_of_bounds": (a - clipped).abs().amax(dim=1), "action_invalid": invalid}
         a = clipped
         p, q, cap, e = self._decode(a)
         lp, lq, av = self._now()
+        if bool(invalid.any()):
+            m = invalid[:, None]
+            p = torch.where(m, torch.minimum(av, self._s), p)
+            q = torch.where(m, torch.zeros_like(q), q)
+            cap = torch.where(m, self._cap, cap)
+            e = torch.where(m, torch.zeros_like(e), e)
         if self.layer is not None:
             raw = torch.cat([p, q], dim=1)
             prev = torch.cat([self._p, self._q], dim=1)

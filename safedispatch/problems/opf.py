@@ -33,13 +33,17 @@ from dataclasses import astuple, dataclass
 
 import numpy as np
 
-from safedispatch.errors import InputError
+from safedispatch.errors import V_ROOT_RANGE_PU, InputError
 from safedispatch.network.feeder import Feeder
 from safedispatch.problems.projection import BIG, ProjectionProgram, device_bounds
 from safedispatch.problems.types import Snapshot
 from safedispatch.problems.zones import ModelNetwork
 
-__all__ = ["BoundaryLayout", "OPFProgram", "OPFWeights", "PAPER_B_WEIGHTS", "resolve_weights"]
+__all__ = ["BoundaryLayout", "MAX_WEIGHT", "OPFProgram", "OPFWeights", "PAPER_B_WEIGHTS", "resolve_weights"]
+
+#: largest objective weight accepted (weights are relative prices; beyond this the solvers'
+#: tolerances no longer separate the terms)
+MAX_WEIGHT = 1e6
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,11 @@ class OPFWeights:
         voltage: Per pu^2 of squared voltage deviation ``sum_j (v_j - v_ref)^2`` over buses.
         q_usage: Per MVAr^2 of inverter reactive power.
         ess_usage: Per MW^2 of storage power.
-        v_ref_pu: Reference voltage of the deviation term.
+        v_ref_pu: Reference voltage of the deviation term, in ``V_ROOT_RANGE_PU``.
+
+    Raises:
+        InputError: a weight that is not a finite real number in ``[0, MAX_WEIGHT]``, a
+            reference voltage outside ``V_ROOT_RANGE_PU`` (the field is named).
     """
 
     loss: float = 1.0
@@ -65,10 +73,17 @@ class OPFWeights:
     def __post_init__(self):
         for name in ("loss", "curtailment", "voltage", "q_usage", "ess_usage"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v) and v >= 0):
-                raise InputError(f"expected a finite weight >= 0, got {v!r}", f"weights.{name}")
-        if not (np.isfinite(self.v_ref_pu) and self.v_ref_pu > 0):
-            raise InputError(f"expected a finite voltage > 0, got {self.v_ref_pu!r}", "weights.v_ref_pu")
+            if not (_real(v) and 0 <= v <= MAX_WEIGHT):
+                raise InputError(f"expected a finite weight in [0, {MAX_WEIGHT:g}], got {v!r}", f"weights.{name}")
+        lo, hi = V_ROOT_RANGE_PU
+        if not (_real(self.v_ref_pu) and lo <= self.v_ref_pu <= hi):
+            raise InputError(f"expected a voltage in [{lo}, {hi}] pu, got {self.v_ref_pu!r}", "weights.v_ref_pu")
+
+
+def _real(v) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_)) \
+        and bool(np.isfinite(v))
 
 
 #: Paper B's objective terms (losses, curtailment opportunity cost, voltage deviation, device
@@ -93,10 +108,11 @@ def resolve_weights(objective) -> OPFWeights:
             return PAPER_B_WEIGHTS
         raise InputError(f"expected 'losses', 'paperB', OPFWeights or a dict, got {objective!r}", "objective")
     if isinstance(objective, dict):
-        try:
-            return OPFWeights(**objective)
-        except TypeError as exc:
-            raise InputError(f"unknown weight: {exc}", "objective") from None
+        known = set(OPFWeights.__dataclass_fields__)
+        unknown = [k for k in objective if k not in known]
+        if unknown:
+            raise InputError(f"unknown weight(s) {unknown!r}; expected some of {sorted(known)}", "objective")
+        return OPFWeights(**objective)
     raise InputError(f"expected 'losses', 'paperB', OPFWeights or a dict, got {type(objective).__name__}",
                      "objective")
 

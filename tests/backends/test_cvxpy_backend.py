@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cvxpy as cp
 import numpy as np
+import pytest
 
 from safedispatch.backends import cvxpy_
 from safedispatch.backends.result import SolveStatus
@@ -54,3 +55,83 @@ def test_each_solver_of_the_chain_compiles_a_parametrized_problem_once(monkeypat
         assert res.info["tried"] == ["SCS", "ECOS"] and res.status == SolveStatus.OPTIMAL
         np.testing.assert_allclose(res.x["x"], x_ref, atol=1e-7)
     assert sorted(chains) == ["ECOS", "SCS"], chains
+
+
+def _failing_scs_problem():
+    """SCS fails on data of 1e300 and prints "ERROR: could not determine problem status." from
+    its C code (through Python's sys.stdout)."""
+    x = cp.Variable(3, name="x")
+    p = cp.Parameter(3, name="p", value=np.full(3, 1e300))
+    return cp.Problem(cp.Minimize(cp.sum_squares(x - p)), [cp.norm(x) <= 1])
+
+
+def test_what_a_solver_prints_goes_into_the_result_not_the_terminal(capfd):
+    res = cvxpy_.solve(_failing_scs_problem(), solvers=["SCS"])
+    assert res.status == SolveStatus.NUMERICAL_ERROR and "SCS" in res.info["errors"]
+    assert "could not determine problem status" in res.info["solver_output"]
+    # a compiled solver writing to file descriptor 1 itself (Clarabel's Rust log, when verbose)
+    res = cvxpy_.solve(small_socp(3), solvers=["CLARABEL"], options={"CLARABEL": {"verbose": True}})
+    assert res.status == SolveStatus.OPTIMAL and "Clarabel" in res.info["solver_output"]
+    res = cvxpy_.solve(small_socp(3), solvers=["CLARABEL"])
+    assert res.info["solver_output"] == ""
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
+
+
+def test_no_exception_of_cvxpy_or_a_solver_escapes(monkeypatch):
+    """CVXPY raised AttributeError ('Constant' object has no attribute 'id') on a feeder with
+    nothing to control; whatever the type, it is recorded and the chain goes on."""
+    def broken(self, *args, **kw):
+        print("about to fail")
+        raise AttributeError("'Constant' object has no attribute 'id'")
+
+    monkeypatch.setattr(cp.Problem, "solve", broken)
+    res = cvxpy_.solve(small_socp(1), solvers=["CLARABEL", "ECOS"])
+    assert res.status == SolveStatus.NUMERICAL_ERROR and res.x == {}
+    assert res.info["tried"] == ["CLARABEL", "ECOS"]
+    assert all("AttributeError" in v for v in res.info["errors"].values())
+    assert res.info["solver_output"].count("about to fail") == 2
+
+
+def test_solver_chains_are_checked():
+    import safedispatch as sd
+
+    assert cvxpy_.check_solvers("ECOS") == ("ECOS",)
+    for bad in ([], 3, [1, 2], None):
+        with pytest.raises(sd.InputError) as e:
+            cvxpy_.check_solvers(bad)
+        assert e.value.field == "solvers"
+
+
+def test_output_capture_is_nested_and_thread_safe():
+    import ctypes
+    import os
+    import sys
+    import threading
+
+    from safedispatch.backends.result import captured_output
+
+    libc = ctypes.CDLL(None)
+    with captured_output() as outer:
+        print("py")
+        libc.printf(b"c-level ")
+        libc.fflush(None)
+        os.write(2, b"fd2\n")
+        with captured_output() as inner:
+            print("inner")
+    assert outer.text == "py\nc-level fd2\ninner\n" and inner.text == "inner\n"
+    stdout = sys.stdout
+    texts = {}
+
+    def work(i):
+        with captured_output() as c:
+            print(f"thread-{i}")
+        texts[i] = c.text
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sys.stdout is stdout  # restored by the last one out
+    assert all(f"thread-{i}" in texts[i] for i in range(8))  # each sees its own (maybe others' too)

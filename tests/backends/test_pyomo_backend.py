@@ -62,3 +62,34 @@ def test_socp_needs_a_conic_backend():
     raw = sd.Action(pv_p_mw=np.zeros(4), pv_q_mvar=np.zeros(4)).checked(f)
     with pytest.raises(sd.BackendUnavailableError, match="conic"):
         _program(pyomo_.PyomoAlgebra(), f, snap, raw, model="socp")
+
+
+def test_highs_output_and_exceptions_stay_in_the_result(capfd):
+    """HiGHS (compiled) writes to file descriptor 1 itself; what it or Pyomo prints is in
+    ``info["solver_output"]``, and its exceptions become NUMERICAL_ERROR."""
+    import os
+
+    import pyomo.environ as pyo
+
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(range(2), bounds=(0, 1))
+    m.c = pyo.Constraint(expr=m.x[0] + m.x[1] >= 1)
+    m.objective = pyo.Objective(expr=m.x[0] + 2 * m.x[1])
+    res = pyomo_.solve(m)
+    assert res.status == pyomo_.SolveStatus.OPTIMAL and res.info["solver_output"] == ""
+    np.testing.assert_allclose(res.x["x"], [1.0, 0.0], atol=1e-9)
+
+    class Noisy:
+        def solve(self, model, **kw):
+            os.write(1, b"HiGHS: fatal\n")
+            print("pyomo: giving up")
+            raise RuntimeError("HiGHS crashed")
+
+    res = pyomo_.solve(m, solver=Noisy())
+    assert res.status == pyomo_.SolveStatus.NUMERICAL_ERROR and "RuntimeError" in res.info["errors"]["HIGHS"]
+    assert res.info["solver_output"] == "HiGHS: fatal\npyomo: giving up\n"
+    f = sd.load_case("ieee33-paperC")
+    r = sd.baselines.solve_mip(f, sd.Snapshot.nominal(f, load=1.0, pv=0.5))
+    assert "solver_output" in r.info
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
