@@ -217,14 +217,19 @@ def list_cases() -> list[str]:
     return list(_BUILDERS)
 
 
-@cache
 def load_case(name: str) -> Feeder:
     """A built-in case by name (see the module docstring for each case's data and choices).
+    Feeders are immutable, so each case is built once per process and shared.
 
     Raises:
         NetworkDataError: unknown name (the message lists the known ones).
         BackendUnavailableError: a SimBench case without the ``simbench`` package.
     """
-    if name not in _BUILDERS:
+    if not isinstance(name, str) or name not in _BUILDERS:
         raise NetworkDataError(f"unknown case {name!r}; known cases: {', '.join(_BUILDERS)}", "name")
+    return _load_case(name)
+
+
+@cache
+def _load_case(name: str) -> Feeder:
     return _BUILDERS[name]()

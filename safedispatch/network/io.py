@@ -70,10 +70,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from safedispatch.errors import InputError, NetworkDataError, finite_vector
+from safedispatch.errors import InputError, NetworkDataError, SafeDispatchError, finite_vector
 from safedispatch.network.feeder import BranchTable, BusTable, CapTable, ESSTable, Feeder, GenTable, LoadTable, PVTable
 
-__all__ = ["ConversionReport", "conversion_report", "from_pandapower", "injection_from_pandapower", "to_pandapower"]
+__all__ = ["ConversionReport", "conversion_report", "from_pandapower", "injection_from_pandapower", "to_pandapower",
+           "write_setpoints_to_pandapower"]
 
 #: a DataFrame of the net with one of these columns is an element table (it names buses)
 BUS_COLUMNS = ("bus", "hv_bus", "mv_bus", "lv_bus", "from_bus", "to_bus", "bus_dc", "from_bus_dc", "to_bus_dc",
@@ -1044,10 +1045,23 @@ def from_pandapower(net, name: str | None = None, zones=None, *, pv_types: Itera
             ZIP loads, off-nominal transformer ratios, inverters without a rating, storage
             without limits, NaN or negative impedances or ratings, elements on buses that do
             not exist. The error carries the partial report as ``exc.report``.
-        InputError: bad ``pv_types``, ``is_pv``, ``trafo_model`` or ``unsupplied``.
+            Tables that cannot be read at all (text in numeric columns, missing columns) are a
+            NetworkDataError on field ``net`` too.
+        InputError: ``net`` is not a pandapower net; bad ``pv_types``, ``is_pv``,
+            ``trafo_model`` or ``unsupplied``.
     """
-    feeder, rep = _convert(net, name=name, zones=zones, pv_types=pv_types, is_pv=is_pv, trafo_model=trafo_model,
-                           unsupplied=unsupplied)
+    if not (isinstance(net, dict) and all(hasattr(net.get(t), "index") for t in ("bus", "ext_grid", "line"))):
+        raise InputError(f"expected a pandapower net (pandapowerNet with bus, line and ext_grid tables), got "
+                         f"{type(net).__name__}", "net")
+    try:
+        feeder, rep = _convert(net, name=name, zones=zones, pv_types=pv_types, is_pv=is_pv,
+                               trafo_model=trafo_model, unsupplied=unsupplied)
+    except SafeDispatchError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        # malformed tables (strings or objects in numeric columns, missing columns): the net's
+        # data is bad input, never a crash from inside pandas
+        raise NetworkDataError(f"cannot read the net's tables: {type(exc).__name__}: {exc}", "net") from None
     return (feeder, rep) if report else feeder
 
 
@@ -1129,6 +1143,47 @@ def injection_from_pandapower(net, report: ConversionReport) -> tuple[np.ndarray
         if not np.isfinite(a).all():
             raise InputError(f"the net's present values give a non-finite {name}", "net")
     return p, q, sh
+
+
+def write_setpoints_to_pandapower(net, report: ConversionReport, pv_p_mw, pv_q_mvar, ess_p_mw=None,
+                                  cap_step=None) -> None:
+    """Write device set-points into the rows of ``net`` the feeder's devices came from, so that
+    ``pandapower.runpp(net)`` judges them on the user's own network model (the meaning of
+    "certified", see :mod:`safedispatch.safety.certify`).
+
+    PV sgens get ``p_mw``/``q_mvar`` with ``scaling = 1``; storage units get ``p_mw = -ess_p_mw``
+    (pandapower's storage consumes positive power, safedispatch's injects) with ``scaling = 1``;
+    capacitor banks (shunts) get ``step``. Loads and fixed generation are left as they are.
+    ``net`` is changed in place: pass a copy to keep the original.
+
+    Args:
+        net: The pandapower net the report was made from.
+        report: ``from_pandapower(net, report=True)[1]``.
+        pv_p_mw, pv_q_mvar: ``(n_pv,)`` inverter set-points (e.g. ``result.action.pv_p_mw``).
+        ess_p_mw: ``(n_ess,)`` storage set-points, positive = discharge (None: leave as is).
+        cap_step: ``(n_cap,)`` capacitor steps (None: leave as is).
+
+    Raises:
+        InputError: the report is not a successful conversion report or does not match ``net``;
+            a set-point vector of the wrong length or with non-finite entries.
+    """
+    if not isinstance(report, ConversionReport) or not report.ok:
+        raise InputError("expected the ConversionReport of a successful from_pandapower(net, report=True)", "report")
+    src = report.sources
+    p = finite_vector(pv_p_mw, len(src["pv"]), "pv_p_mw")
+    q = finite_vector(pv_q_mvar, len(src["pv"]), "pv_q_mvar")
+    groups = [(src["pv"], {"p_mw": p, "q_mvar": q, "scaling": np.ones(p.size)})]
+    if ess_p_mw is not None:
+        e = finite_vector(ess_p_mw, len(src["ess"]), "ess_p_mw")
+        groups.append((src["ess"], {"p_mw": -e, "scaling": np.ones(e.size)}))
+    if cap_step is not None:
+        groups.append((src["cap"], {"step": finite_vector(cap_step, len(src["cap"]), "cap_step", integer=True)}))
+    for rows, cols in groups:
+        for k, (table, i) in enumerate(rows):
+            if i not in net[table].index:
+                raise InputError(f"net.{table}[{i}] is not in the net: the report belongs to another net", "report")
+            for col, vals in cols.items():
+                net[table].at[i, col] = vals[k]
 
 
 def _rating(imax: np.ndarray) -> np.ndarray:
