@@ -23,8 +23,11 @@ Usage::
     python benchmarks/fidelity.py --cases case33bw 1-MV-rural--0-sw
     python benchmarks/fidelity.py --resume         # keep the feeders already measured with the same settings
 
-The certification outcomes (is the converted feeder's safety-layer answer clean in ``runpp`` on
-the original net) are a separate column, filled by :data:`CERTIFICATION_HOOK` (None for now).
+The certification column: on every converted feeder with inverters, random over- and
+under-voltage snapshots are projected with ``certify_ac=True`` and every certified answer is
+written into the original net and judged by ``runpp`` (:func:`certification_check`): the counts
+of certified, corrected and refused answers, and of certified answers pandapower rejects (must
+be 0).
 
 The script exits 0 when every converted feeder meets the bound and 1 otherwise (130 when
 interrupted).
@@ -64,10 +67,132 @@ RUNPP = dict(tolerance_mva=1e-10, calculate_voltage_angles=True, max_iteration=1
 #: our sweep's tolerance (pu of voltage change per sweep)
 OUR_TOL_PU = 1e-12
 
-#: hook for the certification column: a function ``(net, feeder, report) -> dict`` whose result
-#: is stored as ``row["certification"]`` of every converted feeder (see ``check_feeder``); None
-#: leaves the column empty. The lead engineer fills this in; this script does no certification.
-CERTIFICATION_HOOK = None
+#: certification snapshots per converted feeder with inverters (full, quick): half over-voltage
+#: (light load, strong sun, a greedy raw action), half under-voltage (heavy load, little sun)
+N_CERT = (10, 4)
+#: pandapower's verdict on a certified result: no bus outside its limits by more than this (pu),
+#: no branch above 100 % by more than this (percent)
+CERT_TOL_VM_PU = 1e-6
+CERT_TOL_LOADING_PCT = 1e-4
+
+
+def _uncontrolled(net, rep):
+    """``(load_p_mw, load_q_mvar)`` of a Snapshot: the net's present injections with the PV
+    inverters and storage units (the controlled devices) at zero, as consumption."""
+    import copy
+
+    from safedispatch.network.io import injection_from_pandapower
+
+    net0 = copy.deepcopy(net)
+    for table, i in rep.sources["pv"] + rep.sources["ess"]:
+        net0[table].at[i, "scaling"] = 0.0
+    p0, q0, _sh = injection_from_pandapower(net0, rep)
+    return -p0, -q0
+
+
+def pandapower_verdict(net, feeder, rep, action) -> tuple[float, float]:
+    """Write ``action`` into a copy of the original ``net`` and solve it with ``runpp``.
+
+    Returns:
+        ``(v_violation_pu, loading_excess_pct)``: the largest excursion of a feeder bus outside
+        its limits and the largest branch loading above 100 % (lines and transformers), as
+        pandapower sees them (``inf`` when runpp does not converge).
+    """
+    import copy
+
+    import numpy as np
+    import pandapower as pp
+
+    from safedispatch.network.io import write_setpoints_to_pandapower
+
+    net2 = copy.deepcopy(net)
+    write_setpoints_to_pandapower(net2, rep, action.pv_p_mw, action.pv_q_mvar, action.ess_p_mw, action.cap_step)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pp.runpp(net2, **RUNPP)
+    except pp.LoadflowNotConverged:
+        return math.inf, math.inf
+    pp_idx = np.array(list(rep.bus_map), dtype=np.int64)
+    ours = np.array(list(rep.bus_map.values()), dtype=np.int64)
+    keep = ours != feeder.root_bus
+    vm = net2.res_bus.vm_pu.loc[pp_idx].to_numpy()[keep]
+    vv = max(float(np.max(vm - feeder.bus.vm_max_pu[ours[keep]], initial=0.0)),
+             float(np.max(feeder.bus.vm_min_pu[ours[keep]] - vm, initial=0.0)))
+    load = 0.0
+    for table in ("line", "trafo"):
+        res = net2[f"res_{table}"]
+        if len(res) and "loading_percent" in res:
+            load = max(load, float(np.nanmax(res.loading_percent.to_numpy(), initial=0.0)))
+    return vv, max(load - 100.0, 0.0)
+
+
+def certification_check(net, feeder, rep, n: int | None = None, seed: int = 0) -> dict:
+    """Project random over- and under-voltage snapshots with ``certify_ac=True`` and judge every
+    certified answer in ``pandapower.runpp`` on the **original** net (its set-points written into
+    the rows they came from, :func:`~safedispatch.network.io.write_setpoints_to_pandapower`).
+
+    Returns:
+        A JSON-ready dict: ``n`` snapshots, ``certified`` (of which ``corrected``: the first AC
+        check failed and the model was corrected), ``refused`` (not certified: the layer says
+        so), ``errors`` (typed errors raised), ``certified_but_violating`` (pandapower found a
+        violation beyond the tolerance in a certified answer: must be 0), the worst voltage
+        excursion and loading excess pandapower saw in a certified answer, ``max_time_s`` and a
+        one-line ``summary``; or ``{"summary": "no inverters"}``.
+    """
+    import zlib
+
+    import numpy as np
+
+    import safedispatch as sd
+
+    if feeder.n_pv == 0:
+        return {"summary": "no inverters", "n": 0}
+    n = N_CERT[0] if n is None else n
+    rng = np.random.default_rng(seed + zlib.crc32(feeder.name.encode()))
+    layer = sd.SafetyLayer(feeder)
+    load0 = net.load.scaling.copy()
+    out = {"n": n, "certified": 0, "corrected": 0, "refused": 0, "errors": 0, "certified_but_violating": 0,
+           "max_v_violation_pu": 0.0, "max_loading_excess_pct": 0.0, "max_time_s": 0.0, "statuses": {}}
+    try:
+        for k in range(n):
+            over = k % 2 == 0
+            net.load["scaling"] = load0 * (rng.uniform(0.05, 0.4) if over else rng.uniform(1.0, 2.0))
+            lp, lq = _uncontrolled(net, rep)
+            avail = feeder.pv.p_max_mw * (rng.uniform(0.7, 1.0, feeder.n_pv) if over
+                                          else rng.uniform(0.0, 0.3, feeder.n_pv))
+            snap = sd.Snapshot(load_p_mw=lp, load_q_mvar=lq, pv_avail_mw=avail)
+            q = feeder.pv.s_mva * rng.uniform(-0.2, 0.2, feeder.n_pv) if over else np.zeros(feeder.n_pv)
+            raw = sd.Action(pv_p_mw=avail, pv_q_mvar=q)
+            t0 = time.perf_counter()
+            try:
+                res = layer.project(raw, snap, certify_ac=True)
+            except sd.SafeDispatchError:
+                out["errors"] += 1
+                continue
+            finally:
+                out["max_time_s"] = max(out["max_time_s"], time.perf_counter() - t0)
+            out["statuses"][res.status.name] = out["statuses"].get(res.status.name, 0) + 1
+            if not res.certified:
+                out["refused"] += 1
+                continue
+            out["certified"] += 1
+            out["corrected"] += int(res.rounds > 0)
+            vv, lx = pandapower_verdict(net, feeder, rep, res.action)
+            out["max_v_violation_pu"] = max(out["max_v_violation_pu"], vv)
+            out["max_loading_excess_pct"] = max(out["max_loading_excess_pct"], lx)
+            out["certified_but_violating"] += int(vv > CERT_TOL_VM_PU or lx > CERT_TOL_LOADING_PCT)
+    finally:
+        net.load["scaling"] = load0
+    out["summary"] = (f"{out['certified']}/{n} certified ({out['corrected']} corrected), {out['refused']} refused, "
+                      f"{out['certified_but_violating']} rejected by pandapower; worst dV "
+                      f"{out['max_v_violation_pu']:.0e} pu; max {out['max_time_s']:.2f} s")
+    return out
+
+
+#: the certification column: ``(net, feeder, report) -> dict`` stored as ``row["certification"]``
+#: of every converted feeder (see ``check_feeder``)
+CERTIFICATION_HOOK = certification_check
 
 
 # ----------------------------------------------------------------------------- the feeders
@@ -200,7 +325,7 @@ def _pp_losses(net) -> float:
     return total
 
 
-def check_feeder(name: str, n_scalings: int, seed: int, build=None) -> dict:
+def check_feeder(name: str, n_scalings: int, seed: int, build=None, n_cert: int | None = None) -> dict:
     """Convert one feeder and compare it with pandapower at nominal and ``n_scalings`` scalings.
 
     Args:
@@ -208,6 +333,7 @@ def check_feeder(name: str, n_scalings: int, seed: int, build=None) -> dict:
         n_scalings: Random scalings besides the nominal sample.
         seed: Seed of the scalings (combined with the feeder's name, so each feeder has its own).
         build: The net's builder (default: the catalogue's).
+        n_cert: Certification snapshots (default ``N_CERT[0]``; 0: no certification column).
 
     Returns:
         A JSON-ready dict: ``feeder``, ``source``, ``status`` ("converted", "rejected" or
@@ -296,8 +422,9 @@ def check_feeder(name: str, n_scalings: int, seed: int, build=None) -> dict:
     both = sum(1 for k in range(n_scalings + 1) if ok[k] and r.converged[k])
     row["passed"] = bool(both > 0 and dvm <= TOL_VM_PU and dloss <= TOL_LOSS_MW and not_nan == 0
                          and row["ours_not_converged"] <= row["pp_not_converged"])
-    if CERTIFICATION_HOOK is not None:  # <- the certification column: the lead's hook
-        row["certification"] = CERTIFICATION_HOOK(net, feeder, rep)
+    if CERTIFICATION_HOOK is not None and n_cert != 0:
+        row["certification"] = cert = CERTIFICATION_HOOK(net, feeder, rep, n=n_cert, seed=seed)
+        row["passed"] = row["passed"] and not cert.get("certified_but_violating", 0)
     return row
 
 
@@ -348,7 +475,11 @@ def _markdown(report: dict) -> str:
         f"errors, of {len(rows)} feeders.**"
         + ("" if report["complete"] else " (incomplete run: interrupted or still running)"), "",
         _harness.md_table(HEAD, [_cells(r) for r in rows]), "",
-        "The certification column is empty until `CERTIFICATION_HOOK` in `benchmarks/fidelity.py` is set.", "",
+        f"Certification: {report['settings'].get('n_cert', N_CERT[0])} snapshots per feeder with inverters "
+        "(alternately light load with strong sun and a greedy raw action, and heavy load with little sun), "
+        "projected with `certify_ac=True`; each certified answer is written into the original net and solved "
+        f"by `runpp`: it must have no bus outside its limits by more than {CERT_TOL_VM_PU:g} pu and no line or "
+        f"transformer above 100 % by more than {CERT_TOL_LOADING_PCT:g} %.", "",
     ]
     md += _harness.md_notes(report)
     return "\n".join(md)
@@ -367,6 +498,8 @@ def _parse(argv):
     ap.add_argument("--cases", nargs="+", metavar="FEEDER", help="feeders to check (default: all; see catalogue())")
     ap.add_argument("--scalings", type=int, default=None, help="random scalings per feeder (default: "
                     f"{N_SCALINGS[0]}, {N_SCALINGS[1]} with --quick)")
+    ap.add_argument("--cert", type=int, default=None, help="certification snapshots per feeder with inverters "
+                    f"(default: {N_CERT[0]}, {N_CERT[1]} with --quick; 0: none)")
     ap.add_argument("--out", type=Path, default=_harness.RESULTS_DIR, help="folder for fidelity.json / .md")
     ap.add_argument("--seed", type=int, default=0, help="seed of the scalings (default: 0)")
     ap.add_argument("--resume", action="store_true",
@@ -389,15 +522,18 @@ def main(argv=None) -> int:
         console.print(f"[red]unknown feeders {unknown}; known: {', '.join(cat)}[/red]")
         return 2
     n_scal = args.scalings if args.scalings is not None else N_SCALINGS[int(args.quick)]
-    settings = {"mode": "quick" if args.quick else "full", "n_scalings": n_scal, "seed": args.seed,
+    n_cert = args.cert if args.cert is not None else N_CERT[int(args.quick)]
+    settings = {"mode": "quick" if args.quick else "full", "n_scalings": n_scal, "n_cert": n_cert, "seed": args.seed,
                 "feeders": names, "tol_vm_pu": TOL_VM_PU, "tol_loss_mw": TOL_LOSS_MW, "runpp": RUNPP,
                 "load_alpha": LOAD_ALPHA, "sgen_beta": SGEN_BETA, "jitter": JITTER}
     machine = _harness.machine_info(VERSION_OF)
     done: dict = {}
     if args.resume and (args.out / f"{STEM}.json").exists():
         old = json.loads((args.out / f"{STEM}.json").read_text())
-        same = {k: old.get("settings", {}).get(k) for k in ("n_scalings", "seed")} == \
-            {"n_scalings": n_scal, "seed": args.seed} and old.get("machine", {}).get("versions") == machine["versions"]
+        keys = ("n_scalings", "n_cert", "seed")
+        same = ({k: old.get("settings", {}).get(k) for k in keys} == {"n_scalings": n_scal, "n_cert": n_cert,
+                                                                       "seed": args.seed}
+                and old.get("machine", {}).get("versions") == machine["versions"])
         if same:
             done = {r["feeder"]: r for r in old.get("rows", []) if r["feeder"] in names}
             console.print(f"resuming: {len(done)} feeders kept from {args.out / f'{STEM}.json'}")
@@ -414,7 +550,7 @@ def main(argv=None) -> int:
             else:
                 with console.status(f"[{i + 1}/{len(names)}] {name}"):
                     try:
-                        row = check_feeder(name, n_scal, args.seed)
+                        row = check_feeder(name, n_scal, args.seed, n_cert=n_cert)
                     except Exception as exc:  # a benchmark reports a crash as a row and goes on
                         row = {"feeder": name, "source": cat[name][0], "status": "error", "passed": False,
                                "message": f"{type(exc).__name__}: {exc}", "certification": None, "time_s": {},
