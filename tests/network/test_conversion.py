@@ -435,3 +435,44 @@ def test_model_network_folds_bus_shunts_into_the_constant_susceptance():
     mn = model_network(f)
     bare = model_network(f.replace(bus=sd.network.BusTable(vn_kv=f.bus.vn_kv, name=f.bus.name)))
     np.testing.assert_allclose(mn.tree.b_pu - bare.tree.b_pu, -f.bus.shunt_q_mvar[mn.tree.bus] / f.sn_mva)
+
+
+# ---------------------------------------------------------------- certification on the original net
+
+
+def test_written_setpoints_reproduce_the_feeders_injections():
+    """write_setpoints_to_pandapower puts an action into the rows the devices came from: the
+    net's injections then equal the feeder's net_injection of that action."""
+    net = build("cigre_mv_pv_wind")
+    f, rep = sd.from_pandapower(net, report=True)
+    rng = np.random.default_rng(3)
+    act = sd.Action(pv_p_mw=f.pv.p_max_mw * rng.uniform(0, 1, f.n_pv),
+                    pv_q_mvar=f.pv.s_mva * rng.uniform(-0.3, 0.3, f.n_pv))
+    lp, lq = fidelity._uncontrolled(net, rep)
+    snap = sd.Snapshot(load_p_mw=lp, load_q_mvar=lq, pv_avail_mw=act.pv_p_mw)
+    from safedispatch.network.io import write_setpoints_to_pandapower
+
+    write_setpoints_to_pandapower(net, rep, act.pv_p_mw, act.pv_q_mvar)
+    p, q, _sh = injection_from_pandapower(net, rep)
+    p2, q2, _ = sd.net_injection(f, snap, act)
+    np.testing.assert_allclose(p, p2, atol=1e-12)
+    np.testing.assert_allclose(q, q2, atol=1e-12)
+    with pytest.raises(sd.InputError, match="pv_p_mw"):
+        write_setpoints_to_pandapower(net, rep, act.pv_p_mw[:-1], act.pv_q_mvar)
+
+
+@pytest.mark.parametrize("name", ["cigre_mv_pv_wind", "1-MV-rural--0-sw", "1-LV-rural1--0-sw"])
+def test_certified_answers_are_clean_in_runpp_on_the_original_net(name):
+    """Over- and under-voltage snapshots projected with certify_ac=True: every certified answer,
+    written into the user's original pandapower net, has no bus outside its limits (1e-6 pu) and
+    no branch above 100 % in runpp."""
+    if CATALOGUE[name][0] == "simbench":
+        pytest.importorskip("simbench")
+    net = build(name)
+    f, rep = sd.from_pandapower(net, report=True)
+    out = fidelity.certification_check(net, f, rep, n=6, seed=1)
+    assert out["errors"] == 0
+    assert out["certified"] >= 1
+    assert out["certified"] + out["refused"] == out["n"]
+    assert out["certified_but_violating"] == 0, out
+    assert out["max_v_violation_pu"] <= 1e-6 and out["max_loading_excess_pct"] <= 1e-4
