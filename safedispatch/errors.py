@@ -71,6 +71,24 @@ def from_torch(t, name: str) -> np.ndarray:
     return t.numpy()
 
 
+def real_float_array(value, name: str) -> np.ndarray:
+    """``value`` as a float64 array (torch tensors read by value, NaN and inf kept); complex
+    values and anything not convertible to real numbers are an InputError naming ``name``."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        value = from_torch(value, name)
+    try:
+        if np.iscomplexobj(value):
+            raise InputError("expected real numbers, got complex values", name)
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = np.asarray(value, dtype=float)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (any conversion failure is bad input)
+        raise InputError(f"expected real numbers: {type(exc).__name__}: {exc}", name) from None
+    return a
+
+
 def finite_vector(value, n: int, name: str, *, integer: bool = False, max_abs: float | None = None) -> np.ndarray:
     """A finite float (or integer) vector of length ``n``; raises InputError naming ``name``.
 
@@ -87,18 +105,7 @@ def finite_vector(value, n: int, name: str, *, integer: bool = False, max_abs: f
         m = np.abs(value).max()
         if m < math.inf and (max_abs is None or m <= max_abs):
             return value
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
-        value = from_torch(value, name)
-    try:
-        if np.iscomplexobj(value):
-            raise InputError("expected real numbers, got complex values", name)
-        with np.errstate(over="ignore", invalid="ignore"):
-            a = np.asarray(value, dtype=float)
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001  (any conversion failure is bad input)
-        raise InputError(f"expected real numbers: {type(exc).__name__}: {exc}", name) from None
+    a = real_float_array(value, name)
     if a.shape != (n,):
         raise InputError(f"expected shape ({n},), got {a.shape}", name)
     if not np.isfinite(a).all():

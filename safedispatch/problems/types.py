@@ -24,12 +24,11 @@ threads.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from safedispatch.errors import MAX_ABS_POWER_MW, V_ROOT_RANGE_PU, InputError, from_torch
+from safedispatch.errors import MAX_ABS_POWER_MW, V_ROOT_RANGE_PU, InputError, real_float_array
 from safedispatch.errors import finite_vector as _finite_vector
 from safedispatch.network.feeder import Feeder
 
@@ -62,18 +61,7 @@ def real_array(value, shape: tuple, name: str) -> np.ndarray:
         InputError: not convertible to real numbers (complex, strings, objects), or another
             shape (field ``name``).
     """
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
-        value = from_torch(value, name)
-    try:
-        if np.iscomplexobj(value):
-            raise InputError("expected real numbers, got complex values", name)
-        with np.errstate(over="ignore", invalid="ignore"):
-            a = np.asarray(value, dtype=float)
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001  (any conversion failure is bad input)
-        raise InputError(f"expected real numbers: {type(exc).__name__}: {exc}", name) from None
+    a = real_float_array(value, name)
     if a.shape != tuple(shape):
         raise InputError(f"expected shape {tuple(shape)}, got {a.shape}", name)
     return a
