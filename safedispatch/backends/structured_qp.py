@@ -44,10 +44,18 @@ implementation and theory", 1978).
   feasibility, complementarity (including the alignment of ``A_j x + c_j`` with its
   multiplier), stationarity through an explicit normal-cone test per device set, and the
   duality gap. A failed check is reported as NUMERICAL, never as OPTIMAL.
+* Tolerances are absolute, in the units of ``x`` scaled by the size of the device sets (the
+  largest rating or finite scalar bound), never by the raw point: the answer for a raw
+  set-point of 1e10 MW meets the rows as tightly as the answer for 1 MW.
+* Polish: an optimal solve ends with pure Newton steps on the equations of its final active set
+  (the rows with a multiplier held as equalities), which take the residuals from the stopping
+  tolerance down to rounding. The answer then depends on the data and the active set only, not
+  on the start: a warm start changes it by rounding (~1e-15 relative), not by up to the
+  tolerance.
 
 Everything per call runs in one numba-compiled function (compiled without reference counting:
-it allocates nothing, see ``_NOREF``); an instance owns its work arrays, so
-one :class:`StructuredQP` must not be shared between threads.
+it allocates nothing, see ``_NOREF``); each thread gets its own work arrays (allocated on its
+first solve), so one :class:`StructuredQP` may be shared between threads.
 
 Limits: the weak-duality certificate needs finite scalar-device bounds (with an infinite
 ``e_lo``/``e_hi`` an infeasible problem ends at MAX_ITER instead of INFEASIBLE); the working set
@@ -58,6 +66,7 @@ represented; the solve then ends at MAX_ITER).
 from __future__ import annotations
 
 import math
+import threading
 from enum import IntEnum
 
 import numpy as np
@@ -420,7 +429,7 @@ def _rows_full(x, mp, mi, mv, Md, b, g, nrow, n, dup):
 
 
 @njit(**_NOREF)
-def _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale, dup):
+def _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, tol, tol_lin, xdev, dup):
     """g = M x - b on the rows that may be violated; a safe upper bound elsewhere.
 
     Rows have unit norm (cone blocks unit spectral norm), so ``g_i(x) <= gref_i + ||x - xref||``:
@@ -440,7 +449,7 @@ def _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, t
             need += 1
     for j in range(ms):
         r0 = m + 2 * j
-        if not is_memb[r0] and _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xscale:
+        if not is_memb[r0] and _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xdev:
             need += 2
     if 4 * need > nrow:
         _rows_full(x, mp, mi, mv, Md, b, g, nrow, n, dup)
@@ -460,7 +469,7 @@ def _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, t
         r0 = m + 2 * j
         if is_memb[r0]:
             continue
-        if _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xscale:
+        if _norm2(gref[r0], gref[r0 + 1]) + dx - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xdev:
             g[r0] = _row_dot(mp, mi, mv, Md, r0, x) - b[r0]
             g[r0 + 1] = _row_dot(mp, mi, mv, Md, r0 + 1, x) - b[r0 + 1]
         else:
@@ -504,6 +513,68 @@ def _eval_point(zs, memb, nmr, r, w, winv, mp, mi, mv, Md, b, Sp, soc_of_row, m,
         go[rr] = _row_dot(mp, mi, mv, Md, rr, xo) - b[rr]
     d = f + _dual_terms(zs, go, memb, nmr, soc_of_row, Sp, m)
     return f, d, bad
+
+
+@njit(**_NOREF, inline="always")
+def _newton_entries(memb, nmr, m, g, z, Sp, soc_of_row, tol, tol_lin, xdev, fent_row, fent_kind, fent_u0, fent_u1, rhs,
+                    support_only):
+    """The entries of the Newton system over the working set and their residuals (``rhs``):
+    linear rows with a multiplier or a violation, cone rows with a multiplier (the alignment
+    residual ``g - S y/||y||``, two entries) or violated without one (one entry along the
+    violation). With ``support_only``, only the rows with a multiplier (the polish).
+
+    Returns ``(nF, rviol, res)``: the number of entries, the working set's largest violation of
+    its optimality conditions (a cone row out of tolerance counts as ``2 tol_lin``), and the
+    largest residual of the entries themselves."""
+    nF = 0
+    rviol = 0.0
+    res = 0.0
+    q = 0
+    while q < nmr:
+        rr = memb[q]
+        if rr < m:
+            gi = g[rr]
+            if z[rr] > 0.0:
+                rviol = max(rviol, abs(gi))
+            elif not support_only:
+                rviol = max(rviol, gi)
+            if z[rr] > 0.0 or (gi > tol_lin and not support_only):
+                fent_row[nF] = rr
+                fent_kind[nF] = 0
+                rhs[nF] = gi
+                res = max(res, abs(gi))
+                nF += 1
+            q += 1
+        else:
+            j = soc_of_row[rr]
+            y0 = z[rr]
+            y1 = z[rr + 1]
+            tj = _SOC_TOL * tol * Sp[j] + 1e-15 * xdev
+            ng = _norm2(g[rr], g[rr + 1])
+            if y0 != 0.0 or y1 != 0.0:
+                ny = _norm2(y0, y1)
+                a0 = g[rr] - Sp[j] * y0 / ny
+                a1 = g[rr + 1] - Sp[j] * y1 / ny
+                if _norm2(a0, a1) > tj or ng - Sp[j] > tj:
+                    rviol = max(rviol, 2.0 * tol_lin)
+                fent_row[nF] = rr
+                fent_kind[nF] = 1
+                rhs[nF] = a0
+                fent_row[nF + 1] = rr + 1
+                fent_kind[nF + 1] = 2
+                rhs[nF + 1] = a1
+                res = max(res, abs(a0), abs(a1))
+                nF += 2
+            elif ng - Sp[j] > tj and not support_only:
+                rviol = max(rviol, 2.0 * tol_lin)
+                fent_row[nF] = rr
+                fent_kind[nF] = 3
+                fent_u0[nF] = g[rr] / ng
+                fent_u1[nF] = g[rr + 1] / ng
+                rhs[nF] = ng - Sp[j]
+                nF += 1
+            q += 2
+    return nF, rviol, res
 
 
 @njit(**_NOREF, inline="always")
@@ -783,6 +854,11 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
     the warm start when use_warm, on exit the final duals.
     info = [iterations, why (infeasibility reason), which (row/device index), f, d, n_newton,
             n_fallback, nF_max].
+
+    Tolerances are absolute in the units of x, scaled by the size of the device sets (``xdev``:
+    the largest rating or finite scalar bound), never by the raw point: a raw set-point of
+    1e10 MW must not loosen the feasibility of the answer. An optimal solve ends with the
+    polish (pure Newton steps on its final active set, see the module docstring).
     """
     for k in range(info.shape[0]):
         info[k] = 0.0
@@ -807,6 +883,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
 
     # ---- per-call data -------------------------------------------------------------------
     xscale = 0.0
+    xdev = 0.0
     for k in range(n_pv):
         r[k] = rp[k]
         r[n_pv + k] = rq[k]
@@ -828,20 +905,23 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
             th[k] = 0.0
             ih[k] = 0.0
         nvert[k] = -1
-        xscale = max(xscale, s[k])
+        xdev = max(xdev, s[k])
     for i in range(n_sc):
         r[o + i] = re[i]
         w[o + i] = we[i]
         if np.isfinite(elo_in[i]):
-            xscale = max(xscale, abs(elo_in[i]))
+            xdev = max(xdev, abs(elo_in[i]))
         if np.isfinite(ehi_in[i]):
-            xscale = max(xscale, abs(ehi_in[i]))
+            xdev = max(xdev, abs(ehi_in[i]))
+    # xscale (the raw point included) only scales the damping; the tolerances use xdev
+    xscale = xdev
     winv_max = 0.0
     for i in range(n):
         winv[i] = 1.0 / w[i]
         winv_max = max(winv_max, winv[i])
         xscale = max(xscale, abs(r[i]))
     xscale = max(xscale, 1e-300)
+    xdev = max(xdev, 1e-300)
     for i in range(m):
         # identical caller rows are one internal row: the smallest right-hand side binds
         hb = h[lin_map[i, 0]]
@@ -857,8 +937,9 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
         b[m + 2 * j] = -c[jj, 0] / an
         b[m + 2 * j + 1] = -c[jj, 1] / an
         Sp[j] = S[jj] / an
-    # tolerances in the scaled rows: rows have unit norm, so a residual is a distance in x-space
-    tol_lin = tol * max(1.0, xscale)
+    # tolerances in the scaled rows: rows have unit norm, so a residual is a distance in x-space;
+    # absolute, scaled by the device sets (x lies in them), not by the raw point
+    tol_lin = tol * max(1.0, xdev)
     # largest objective over D: any feasible point has f <= f_up (weak-duality certificate)
     f_up = 0.0
     for k in range(n_pv):
@@ -916,7 +997,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
             feas0 = False
     for j in range(ms):
         r0 = m + 2 * j
-        if _norm2(g[r0], g[r0 + 1]) - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xscale:
+        if _norm2(g[r0], g[r0 + 1]) - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xdev:
             feas0 = False
     if pre >= 0:
         for i in range(nrow):
@@ -993,7 +1074,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
                     comp = max(comp, abs(gi))
             for j in range(ms):
                 r0 = m + 2 * j
-                tj = _SOC_TOL * tol * Sp[j] + 1e-15 * xscale
+                tj = _SOC_TOL * tol * Sp[j] + 1e-15 * xdev
                 if _norm2(g[r0], g[r0 + 1]) - Sp[j] > tj:
                     socok = False
                 if z[r0] != 0.0 or z[r0 + 1] != 0.0:
@@ -1044,7 +1125,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
                 r0 = m + 2 * j
                 if not is_memb[r0]:
                     vj = _norm2(g[r0], g[r0 + 1]) - Sp[j]
-                    if vj > _SOC_TOL * tol * Sp[j] + 1e-15 * xscale:
+                    if vj > _SOC_TOL * tol * Sp[j] + 1e-15 * xdev:
                         cand[nc] = r0
                         cand_v[nc] = vj
                         nc += 1
@@ -1153,50 +1234,8 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
             # ---- inner loop: Newton on the dual restricted to the working set --------------------
             while True:
                 # entries of the Newton system: members with a multiplier or a violation
-                nF = 0
-                rviol = 0.0
-                q = 0
-                while q < nmr:
-                    rr = memb[q]
-                    if rr < m:
-                        gi = g[rr]
-                        rviol = max(rviol, gi)
-                        if z[rr] > 0.0:
-                            rviol = max(rviol, -gi)
-                        if z[rr] > 0.0 or gi > tol_lin:
-                            fent_row[nF] = rr
-                            fent_kind[nF] = 0
-                            rhs[nF] = gi
-                            nF += 1
-                        q += 1
-                    else:
-                        j = soc_of_row[rr]
-                        y0 = z[rr]
-                        y1 = z[rr + 1]
-                        tj = _SOC_TOL * tol * Sp[j] + 1e-15 * xscale
-                        ng = _norm2(g[rr], g[rr + 1])
-                        if y0 != 0.0 or y1 != 0.0:
-                            ny = _norm2(y0, y1)
-                            a0 = g[rr] - Sp[j] * y0 / ny
-                            a1 = g[rr + 1] - Sp[j] * y1 / ny
-                            if _norm2(a0, a1) > tj or ng - Sp[j] > tj:
-                                rviol = max(rviol, 2.0 * tol_lin)
-                            fent_row[nF] = rr
-                            fent_kind[nF] = 1
-                            rhs[nF] = a0
-                            fent_row[nF + 1] = rr + 1
-                            fent_kind[nF + 1] = 2
-                            rhs[nF + 1] = a1
-                            nF += 2
-                        elif ng - Sp[j] > tj:
-                            rviol = max(rviol, 2.0 * tol_lin)
-                            fent_row[nF] = rr
-                            fent_kind[nF] = 3
-                            fent_u0[nF] = g[rr] / ng
-                            fent_u1[nF] = g[rr + 1] / ng
-                            rhs[nF] = ng - Sp[j]
-                            nF += 1
-                        q += 2
+                nF, rviol, _res = _newton_entries(memb, nmr, m, g, z, Sp, soc_of_row, tol, tol_lin, xdev, fent_row,
+                                                  fent_kind, fent_u0, fent_u1, rhs, False)
                 if rviol <= tol_lin or nF == 0:
                     break
                 if it >= max_iter or dval > f_up * (1.0 + 1e-9) + 1e-300:
@@ -1349,12 +1388,86 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
                                                   n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in,
                                                   verts, nvert, v, x, jkind, jtp, jtq, jk, g)
             # ---- every row again (screened) -----------------------------------------------------
-            _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, tol, tol_lin, xscale, dup)
+            _rows_screened(x, xref, gref, g, mp, mi, mv, Md, b, Sp, is_memb, m, ms, n, tol, tol_lin, xdev, dup)
         # picked rows of the last round back to zero (the next solve with these work arrays
         # starts from npick_prev = 0)
         for pq in range(npick_prev if not use_gram else 0):
             for t in range(pcnt[pq]):
                 picked[pq, pcols[pq, t]] = 0.0
+        if status == _ST_OPT and nmr > 0:
+            # ---- polish: the answer must not depend on the start (warm or cold) -----------------
+            # The stopping rule leaves residuals up to tol_lin, so two starts that end on the same
+            # active set can give points ~tol apart. Pure Newton steps on the equations of that
+            # active set (the rows with a multiplier held as equalities; no damping, no
+            # projection of the multipliers) take the residuals down to rounding: the point then
+            # depends on the active set and the data only. A step that would move a multiplier
+            # through zero (not this active set) or does not reduce the residual ends the polish;
+            # a polished point that fails the full row check is replaced by the unpolished one.
+            for q in range(nmr):
+                cand_v[q] = z[memb[q]]
+            polished = False
+            for _pol in range(4):
+                nF, _rv, res0 = _newton_entries(memb, nmr, m, g, z, Sp, soc_of_row, tol, tol_lin, xdev, fent_row,
+                                                fent_kind, fent_u0, fent_u1, rhs, True)
+                if nF == 0 or res0 <= 1e-15 * max(1.0, xdev):
+                    break
+                ok_newton, gtd, ddn = _newton_dir(nF, fent_row, fent_kind, fent_u0, fent_u1, rhs, z, mp, mi, mv, Md,
+                                                  Sp, soc_of_row, n_pv, n_sc, jkind, jtp, jtq, jk, winv, winv_max,
+                                                  xscale, 0.0, ecol_of, ecoef, stamp, elist, ecnt, acc_v, Bt, K, Kf,
+                                                  dz)
+                if not ok_newton:
+                    break
+                valid = True
+                for q in range(nmr):
+                    zt[memb[q]] = z[memb[q]]
+                e = 0
+                while e < nF:
+                    rr = fent_row[e]
+                    if fent_kind[e] == 0:
+                        zt[rr] = z[rr] + dz[e]
+                        if not (zt[rr] > 0.0):
+                            valid = False
+                        e += 1
+                    else:
+                        zt[rr] = z[rr] + dz[e]
+                        zt[rr + 1] = z[rr + 1] + dz[e + 1]
+                        if not (zt[rr] * z[rr] + zt[rr + 1] * z[rr + 1] > 0.0):
+                            valid = False
+                        e += 2
+                if not valid:
+                    break
+                ft, dt, bad = _eval_point(zt, memb, nmr, r, w, winv, mp, mi, mv, Md, b, Sp, soc_of_row, m, n, n_pv,
+                                          n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in, verts, nvert, v,
+                                          xt, jkind_t, jtp_t, jtq_t, jk_t, gt)
+                if bad >= 0:
+                    break
+                nF1, _rv1, res1 = _newton_entries(memb, nmr, m, gt, zt, Sp, soc_of_row, tol, tol_lin, xdev, fent_row,
+                                                  fent_kind, fent_u0, fent_u1, rhs, True)
+                if not (res1 < res0) or nF1 != nF:
+                    break
+                for q in range(nmr):
+                    z[memb[q]] = zt[memb[q]]
+                _copy_point(x, xt, jkind, jkind_t, jtp, jtp_t, jtq, jtq_t, jk, jk_t, g, gt, memb, nmr)
+                fval = ft
+                dval = dt
+                polished = True
+            if polished:
+                _rows_full(x, mp, mi, mv, Md, b, g, nrow, n, dup)
+                ok_pol = True
+                for i in range(m):
+                    if g[i] > tol_lin or (z[i] > 0.0 and abs(g[i]) > tol_lin):
+                        ok_pol = False
+                for j in range(ms):
+                    r0 = m + 2 * j
+                    if _norm2(g[r0], g[r0 + 1]) - Sp[j] > _SOC_TOL * tol * Sp[j] + 1e-15 * xdev:
+                        ok_pol = False
+                if not ok_pol:
+                    for q in range(nmr):
+                        z[memb[q]] = cand_v[q]
+                    fval, dval, bad = _eval_point(z, memb, nmr, r, w, winv, mp, mi, mv, Md, b, Sp, soc_of_row, m, n,
+                                                  n_pv, n_sc, plo, phi, qlo, qhi, s, haspf, th, ih, elo_in, ehi_in,
+                                                  verts, nvert, v, x, jkind, jtp, jtq, jk, g)
+                    _rows_full(x, mp, mi, mv, Md, b, g, nrow, n, dup)
 
     # ---- outputs in the caller's units and the KKT check ------------------------------------
     fin = True
@@ -1537,7 +1650,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
     info[7] = nF_max
     if status == _ST_OPT:
         # the safety net: thresholds a little looser than the stopping rule, in caller units
-        kt = max(1e2 * tol, 1e-10) * max(1.0, xscale)
+        kt = max(1e2 * tol, 1e-10) * max(1.0, xdev)
         okk = True
         rowscale = 1.0
         for i in range(m):
@@ -1546,7 +1659,7 @@ def _solve_core(n_pv, n_sc, mp, mi, mv, bnorm, lin_map, soc_map, dup, zero_lin, 
             okk = False
         if p_soc > max(tol, 1e-12):
             okk = False
-        if dev > 1e-9 * max(1.0, xscale):
+        if dev > 1e-9 * max(1.0, xdev):
             okk = False
         if stat > 1e-7 * vscale:
             okk = False
@@ -1656,6 +1769,7 @@ class WarmStart:
     """Opaque dual state of one solve (scaled multipliers), to pass as ``warm=`` next time.
 
     Only valid for the :class:`StructuredQP` instance (the same ``G`` and ``A``) that made it.
+    Thread-safe: a value (:meth:`StructuredQP.solve` copies it), usable from any thread.
     """
 
     __slots__ = ("z", "owner")
@@ -1691,6 +1805,8 @@ class QPResult:
         warm: :class:`WarmStart` for the next call.
         message: Empty when optimal; otherwise what happened (e.g. which device set is empty).
         info: Counters ``{"newton_steps", "fallback_steps", "working_set_max", "dual_value"}``.
+
+    Thread-safe: a plain value (its arrays belong to it alone).
     """
 
     __slots__ = ("x", "status", "objective", "iterations", "_kkt", "lam_lin", "lam_soc", "active_lin",
@@ -1714,10 +1830,11 @@ class QPResult:
 
 
 def _as_vec(a, name: str, n: int) -> np.ndarray:
-    """``a`` as a C-contiguous float64 ``(n,)`` array (a scalar is broadcast); no copy when it
-    already is one. Raises InputError naming ``name``."""
+    """``a`` as a writable C-contiguous float64 ``(n,)`` array (a scalar is broadcast); no copy when
+    it already is one (a read-only array is copied: numba compiles a separate variant of the
+    solver for read-only arguments). Raises InputError naming ``name``."""
     if type(a) is np.ndarray and a.dtype == np.float64 and a.shape == (n,) and a.flags.c_contiguous:
-        return a
+        return a if a.flags.writeable else a.copy()
     try:
         arr = np.ascontiguousarray(a, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -1726,7 +1843,7 @@ def _as_vec(a, name: str, n: int) -> np.ndarray:
         return np.full(n, float(arr))
     if arr.shape != (n,):
         raise InputError(f"expected shape ({n},), got {arr.shape}", name)
-    return arr
+    return arr if arr.flags.writeable else arr.copy()
 
 
 def _dup_rows(M: np.ndarray, signed: bool) -> np.ndarray:
@@ -1763,6 +1880,11 @@ class StructuredQP:
 
     Set up once per feeder with the static data (``G``, ``A``); each :meth:`solve` takes the
     dynamic data. See the module docstring for the problem and the algorithm.
+
+    Thread-safe: the static data are read-only after set-up and every thread gets its own work
+    arrays (allocated on its first solve), so one instance may be shared by threads that solve
+    concurrently. A :class:`WarmStart` is a plain value; :meth:`solve_unchecked` returns a
+    buffer of the calling thread.
 
     Args:
         n_pv: Number of inverters (2-D devices: ``p``, ``q``).
@@ -1867,15 +1989,13 @@ class StructuredQP:
         if msp:
             self._soc_of_row[mp:] = np.repeat(np.arange(msp), 2)
 
-        # work arrays (owned by the instance: not thread-safe)
+        # work arrays: one set per thread (see _thread_buffers)
         self._cap = max(2, min(nrow, max(64, 2 * n + 16)))
-        self._work = _alloc_work(n, n_pv, n_sc, nrow, msp, self._cap, self._soc_of_row, self.m + 2 * self.m_soc)
+        self._tls = threading.local()
         self._zero_z = np.zeros(nrow)
         # for solve_unchecked: the static arguments and output buffers, packed once
         self._static = (n_pv, n_sc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map, self._dup,
                         self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2, *self._dense)
-        self._out = (np.empty(n), np.empty(self.m), np.empty(self.m_soc), np.empty(self.m, dtype=np.bool_),
-                     np.empty(self.m_soc, dtype=np.bool_), np.empty(len(_KKT_NAMES)), np.empty(8))
         self._empty_c = np.zeros((0, 2))
         self._id = id(self)
         # rows added to the working set per round: at most about n/2 on small problems (few rows
@@ -1884,6 +2004,27 @@ class StructuredQP:
         # _ADD_MAX on large ones (a 240-variable feeder needs twice the iterations with 4)
         self.add_max = min(_ADD_MAX, max(2, n // 2))
         self.reg = 1e-2
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_tls", None)  # per-thread work arrays: made anew
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._tls = threading.local()
+
+    def _thread_buffers(self):
+        """The calling thread's work arrays and :meth:`solve_unchecked` output buffers."""
+        tls = self._tls
+        work = getattr(tls, "work", None)
+        if work is None:
+            n = self.n
+            work = tls.work = _alloc_work(n, self.n_pv, self.n_sc, self._nrow, self._soc_map.size, self._cap,
+                                          self._soc_of_row, self.m + 2 * self.m_soc)
+            tls.out = (np.empty(n), np.empty(self.m), np.empty(self.m_soc), np.empty(self.m, dtype=np.bool_),
+                       np.empty(self.m_soc, dtype=np.bool_), np.empty(len(_KKT_NAMES)), np.empty(8))
+        return work, tls.out
 
     def solve(self, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S, *,
               warm: WarmStart | None = None, tol: float = 1e-9, max_iter: int = 200) -> QPResult:
@@ -1902,9 +2043,12 @@ class StructuredQP:
             h: ``(m,)`` finite right-hand sides of ``G x <= h``.
             c: ``(m_soc, 2)`` finite offsets of the cone rows.
             S: ``(m_soc,)`` finite limits > 0 of the cone rows.
-            warm: The ``warm`` of an earlier result of this instance, or None (cold start).
-            tol: Stopping tolerance: linear rows met to ``tol * max(1, |x|)`` in the units of
-                ``x`` (after scaling each row to unit norm), cone rows to ``0.5 tol`` relative.
+            warm: The ``warm`` of an earlier result of this instance, or None (cold start). The
+                answer does not depend on it beyond rounding (see the polish in the module
+                docstring), only the iterations do.
+            tol: Stopping tolerance: linear rows met to ``tol * max(1, xdev)`` in the units of
+                ``x`` (after scaling each row to unit norm; ``xdev`` is the largest rating ``s``
+                or finite scalar bound, never the raw point), cone rows to ``0.5 tol`` relative.
             max_iter: Iteration limit (both attempts together: a solve that stalls is restarted once
                 with less damping, see ``_solve_restart``).
 
@@ -1934,9 +2078,10 @@ class StructuredQP:
         S = _as_vec(S, "S", ms) if S is not None or ms else np.zeros(0)
         if c is None and ms == 0:
             c = self._empty_c
-        elif not (type(c) is np.ndarray and c.dtype == np.float64 and c.shape == (ms, 2) and c.flags.c_contiguous):
+        elif not (type(c) is np.ndarray and c.dtype == np.float64 and c.shape == (ms, 2) and c.flags.c_contiguous
+                  and c.flags.writeable):
             try:
-                c = np.ascontiguousarray(c, dtype=np.float64)
+                c = np.require(c, dtype=np.float64, requirements=("C", "W"))
             except (TypeError, ValueError) as exc:
                 raise InputError(f"expected a float array of shape ({ms}, 2): {exc}", "c") from None
             if c.shape != (ms, 2):
@@ -1961,10 +2106,11 @@ class StructuredQP:
         act_soc = np.empty(ms, dtype=np.bool_)
         kkt = np.empty(len(_KKT_NAMES))
         info = np.empty(8)
+        work, _out = self._thread_buffers()
         code = _solve_restart(npv, nsc, self._mp, self._mi, self._mv, self._bnorm, self._lin_map, self._soc_map,
                               self._dup, self._zero_lin, self._zero_soc, *self._G_csr, *self._A_csr, self._L2,
                               *self._dense, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
-                              z, use_warm, float(tol), int(max_iter), self.add_max, self.reg, self._work,
+                              z, use_warm, float(tol), int(max_iter), self.add_max, self.reg, work,
                               x, lam_lin, lam_soc, act_lin, act_soc, kkt, info)
         if code < 0:
             field, idx, kind = int(info[1]), int(info[2]), int(info[3])
@@ -1999,12 +2145,12 @@ class StructuredQP:
 
         Returns:
             ``(code, x, iterations)``: ``code`` is a :class:`QPStatus` value, or -1 for invalid
-            values (call :meth:`solve` for the typed error); ``x`` is an instance buffer,
-            overwritten by the next call.
+            values (call :meth:`solve` for the typed error); ``x`` is a buffer of the calling
+            thread, overwritten by its next call.
         """
-        out = self._out
+        work, out = self._thread_buffers()
         code = _solve_restart(*self._static, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S,
-                              z, use_warm, tol, max_iter, self.add_max, self.reg, self._work, *out)
+                              z, use_warm, tol, max_iter, self.add_max, self.reg, work, *out)
         return code, out[0], int(out[6][0])
 
     def solve_batch(self, rp, rq, re, wp, we, p_lo, p_hi, q_lo, q_hi, s, t, e_lo, e_hi, h, c, S, *,
@@ -2036,7 +2182,8 @@ class StructuredQP:
 
         f8 = np.float64
         B = np.shape(rp)[0]
-        arr = [np.ascontiguousarray(a, dtype=f8) for a in (rp, rq, re, p_lo, p_hi, q_lo, q_hi, e_lo, e_hi, h, c)]
+        arr = [np.require(a, dtype=f8, requirements=("C", "W")) for a in (rp, rq, re, p_lo, p_hi, q_lo, q_hi, e_lo,
+                                                                             e_hi, h, c)]
         RP, RQ, RE, PLO, PHI, QLO, QHI, ELO, EHI, H, C = arr
         shapes = {"rp": (RP, (B, self.n_pv)), "rq": (RQ, (B, self.n_pv)), "re": (RE, (B, self.n_sc)),
                   "p_lo": (PLO, (B, self.n_pv)), "p_hi": (PHI, (B, self.n_pv)), "q_lo": (QLO, (B, self.n_pv)),

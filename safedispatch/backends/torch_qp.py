@@ -280,6 +280,9 @@ class TorchQP:
 
     The static data is kept in float64: every solve runs in float64 whatever the caller's dtype
     (float32 Newton steps cannot meet a 1e-9 tolerance).
+
+    Thread-safe: the static data are read-only after construction and :meth:`solve` keeps no
+    state between calls, so one instance may be shared by threads.
     """
 
     def __init__(self, n_pv, G, A, S, s, t, w, k_lin=None, k_soc=None, device=None):

@@ -15,6 +15,16 @@ flow (:func:`safedispatch.run_powerflow`) and, while a voltage or thermal limit 
    sensitivities to the controllable nodes' injections taken from the AC power flow by
    central differences, and the projection is solved with this model.
 
+Rounds stop as soon as the AC violation stops improving: a round that does not reduce the
+best violation so far by ``IMPROVE_RTOL`` (relative) is a stall; certification ends after one
+stall when the model found no feasible point (INFEASIBLE: no correction can reduce the
+violation of a snapshot that no set-point satisfies). Feasible models run up to ``max_rounds``
+(their corrections do not improve monotonically, the bias moves with the point, and stopping
+them early left AC excesses of 5e-6 pu that later rounds remove). An infeasible snapshot
+therefore costs two projections, not ``max_rounds + 1``. The result is the
+best round's (the least AC violation: the largest of the voltage excursion in pu and the
+loading excess).
+
 The result states ``certified``, the rounds used, the AC voltages and loadings, and, when not
 certified, the remaining AC violation. It never claims a certificate it did not check.
 """
@@ -31,6 +41,8 @@ __all__ = ["ac_check", "certify"]
 #: AC tolerance on voltage magnitude (pu) and loading (fraction): the AC power flow's own accuracy, so
 #: "certified" means no violation an AC solver could see
 AC_TOL = 1e-9
+#: a round must reduce the best AC violation so far by this fraction to count as an improvement
+IMPROVE_RTOL = 1e-2
 
 
 def ac_check(feeder, snap: Snapshot, action: Action, shed_p_mw=None):
@@ -87,8 +99,10 @@ def certify(layer, act: Action, snap: Snapshot, res, max_rounds: int = 6, margin
             ``max_rounds // 2``; the SOCP model re-linearises at once).
 
     Returns:
-        ``res`` (or a corrected result) with ``certified``, ``rounds``, ``ac_vm_pu``,
-        ``ac_loading`` and ``info["certification"]`` (one entry per AC check).
+        ``res`` (or a corrected result: the round with the least AC violation) with
+        ``certified``, ``rounds`` (the projections made after the first), ``ac_vm_pu``,
+        ``ac_loading`` and ``info["certification"]`` (one entry per AC check; ``"best"`` marks
+        the round returned). Rounds stop when the violation stops improving (module docstring).
     """
     from safedispatch.safety.layer import ProjectionStatus, _Limits
 
@@ -99,13 +113,22 @@ def certify(layer, act: Action, snap: Snapshot, res, max_rounds: int = 6, margin
     history = []
     cur = res
     relinearised = False
+    best = None  # (violation, round, result, power flow)
+    stalls = 0
     for rnd in range(max_rounds + 1):
         pf, vv, lv = ac_check(f, snap, cur.action, cur.shed_p_mw)
         history.append({"round": rnd, "v_violation_pu": vv, "loading_violation": lv,
                         "mode": "relinearised" if relinearised else ("bias" if rnd else "model")})
+        viol = max(vv, lv)
+        improved = best is None or viol < best[0] * (1.0 - IMPROVE_RTOL)
+        if best is None or viol < best[0]:
+            best = (viol, rnd, cur, pf)
+        stalls = 0 if improved else stalls + 1
         ok = vv <= AC_TOL and lv <= AC_TOL
         if ok or mod is None or rnd == max_rounds or cur.status == ProjectionStatus.SOLVER_FAILED:
             break
+        if stalls >= 1 and cur.status == ProjectionStatus.INFEASIBLE:
+            break  # no correction reduces the violation of an infeasible snapshot: the best round is returned
         tree = mod.mn.tree
         nodes = tree.bus[1:]
         w_model = cur.vm_pu[nodes] ** 2
@@ -143,9 +166,17 @@ def certify(layer, act: Action, snap: Snapshot, res, max_rounds: int = 6, margin
         if new.status == ProjectionStatus.UNCHANGED and cur.status != ProjectionStatus.UNCHANGED:
             new.status = ProjectionStatus.PROJECTED
         cur = new
-    certified = history[-1]["v_violation_pu"] <= AC_TOL and history[-1]["loading_violation"] <= AC_TOL
+    n_rounds = len(history) - 1
+    _viol, b_rnd, b_res, pf = best
+    if b_res is not cur:
+        # the returned result carries the solver effort of every round
+        b_res.iterations, b_res.n_solves = cur.iterations, cur.n_solves
+    cur = b_res
+    history[b_rnd]["best"] = True
+    h = history[b_rnd]
+    certified = h["v_violation_pu"] <= AC_TOL and h["loading_violation"] <= AC_TOL
     cur.certified = bool(certified)
-    cur.rounds = len(history) - 1
+    cur.rounds = n_rounds
     cur.ac_vm_pu = pf.vm_pu.copy()
     cur.ac_loading = pf.loading.copy()
     cur.info["certification"] = history
@@ -154,8 +185,7 @@ def certify(layer, act: Action, snap: Snapshot, res, max_rounds: int = 6, margin
         # returned passes: a feasible point exists and this is it
         cur.status = ProjectionStatus.PROJECTED
     if not certified:
-        cur.violation = {**cur.violation, "ac_vm_pu": history[-1]["v_violation_pu"],
-                         "ac_loading": history[-1]["loading_violation"]}
+        cur.violation = {**cur.violation, "ac_vm_pu": h["v_violation_pu"], "ac_loading": h["loading_violation"]}
         if cur.status in (ProjectionStatus.UNCHANGED, ProjectionStatus.PROJECTED):
             cur.info["certification_failed"] = True
     return cur

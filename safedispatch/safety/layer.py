@@ -13,29 +13,76 @@ Outcomes (:class:`ProjectionStatus`):
   ``MAX_CAP_COMBINATIONS`` combinations, by branch and bound on the convex relaxation
   beyond).
 * INFEASIBLE: no set-point satisfies the limits. The returned action is the least-violating
-  one (first minimise the total limit violation, then the load shed, then the distance) and
-  ``result.violation`` states the remaining violation. Where the case declares sheddable load
-  (paper A's supply preservation), load is shed only when no set-point without shedding is
-  feasible, the least amount first, and the result reports the energy not supplied.
-* SOLVER_FAILED: every solver in the fallback chain failed; the returned action is the raw
-  action moved onto the device limits only, and ``violation`` says what the model predicts.
+  one, lexicographically: first the least *violation* (below), then the least load shed, then
+  the nearest (weighted distance as above); ``result.violation`` states the remaining
+  violation and ``result.info["violation_sq"]`` the minimised measure. Where the case declares
+  sheddable load (paper A's supply preservation), load is shed only when no set-point without
+  shedding is feasible, the least amount first, and the result reports the energy not
+  supplied. A model without controllable devices (no inverter, no storage) has nothing to
+  project: capacitor steps, if any, are chosen by evaluating each combination, else the raw
+  action comes back UNCHANGED or INFEASIBLE with the measured violation.
+* SOLVER_FAILED: every solver in the fallback chain failed (or ran out of its time budget);
+  the returned action is the raw action moved onto the device limits only, and ``violation``
+  says what the model predicts.
+
+A success status (UNCHANGED, PROJECTED) is given only to a point that has been checked
+against the model's limits (voltage rows, thermal cones, device sets) to ``FEAS_TOL`` in model
+units (squared-voltage pu, pu MVA) and ``DEV_TOL`` (MW, MVAr): a solver answer that fails the
+check is discarded, never reported as a success.
+
+The violation measure minimised for INFEASIBLE snapshots (model units, per unit on
+``sn_mva``; "least squares of the excesses")::
+
+    V = sum_i [max(0, w_i - wmax_i)^2 + max(0, wmin_i - w_i)^2]       (non-root model nodes)
+      + sum_j max(0, sqrt(P_j^2 + Q_j^2) - smax_j)^2                 (branches)
+
+with ``w`` the squared voltages and ``(P_j, Q_j)`` the sending-end flows of the model, and the
+effective limits (including uncertainty margins and certification corrections). The minimising
+excesses are unique (V is strictly convex in them), so "the least-violating set-points" is a
+well-defined set; the answer is its point nearest to the raw action. The short-circuit-ratio
+bounds stay hard. (``tests/safety/reference.py::reference_min_violation`` states the same
+measure in CVXPY.)
+
+Infeasible snapshots take a compiled path too (LinDistFlow, no load shedding, no
+short-circuit-ratio rows): a projected Newton method in the set-points
+(:func:`~safedispatch.safety.kernels.least_violation`; its Hessian is ``n x n`` however many
+limits are violated) finds a least-violating point ``x_V`` from the raw set-points; every
+least-violating point has ``x_V``'s excesses, so the nearest of them is the projection
+(:class:`~safedispatch.backends.structured_qp.StructuredQP`) with each violated limit moved out
+to its value at ``x_V`` (widened by ``LV_WIDEN`` relative, so the least violation is met to
+about twice that). Skipped when every device sits at a corner of its set at ``x_V`` (then no
+other least-violating point is near); when it does not converge (large, heavily violated
+feeders), ``x_V`` itself is returned (``info["least_violation_nearest"]`` says so): a
+least-violating point, not necessarily the nearest. Capacitor steps are enumerated as for
+PROJECTED. The SOCP model, sheddable loads and short-circuit-ratio rows use CVXPY (the same
+measure), with a time budget (``CVXPY_BUDGET_S`` per call, each solve capped by solver time and
+iteration limits, no warm starts, SCS only to ``SCS_MAX_ITERS``).
 
 No exception escapes ``project`` for a valid input: invalid input raises
 :class:`~safedispatch.errors.InputError` naming the field.
+
+Thread-safety and reproducibility: one :class:`SafetyLayer` may be shared by threads; its
+calls are serialized by an internal lock (concurrent calls wait for each other). Answers
+depend on the call's input only, not on earlier calls: the structured solver's warm starts
+change an answer by rounding (an optimal solve ends with a polish on its final active set),
+infeasible snapshots are solved from a cold start, and CVXPY solves never warm-start.
 
 Speed: the common call (whole-feeder LinDistFlow, continuous devices, float64 arrays) takes
 a lean path: one compiled call checks the inputs, computes the device bounds, evaluates the
 model on the tree and decides UNCHANGED, the structured QP solves (warm-started from the
 previous call's duals when they are the better start), and one more compiled call moves the
 answer onto the device limits and evaluates it. Anything else (capacitor banks, zones, SOCP,
-certification, an input that fails a check, a QP outcome other than optimal) takes the
-general path, which gives the same answers (tested) with the typed errors.
+certification, an input that fails a check or lies outside the physical ranges
+``MAX_ABS_POWER_MW`` / ``V_ROOT_RANGE_PU``, a QP outcome other than optimal, an answer that
+fails the limit check) takes the general path, which gives the same answers (tested) with the
+typed errors.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -46,11 +93,11 @@ from scipy.stats import norm
 
 from safedispatch.backends import cvxpy_
 from safedispatch.backends.result import SolveStatus
-from safedispatch.errors import InputError
+from safedispatch.errors import MAX_ABS_POWER_MW, V_ROOT_RANGE_PU, InputError
 from safedispatch.formulations import lindistflow
 from safedispatch.network.feeder import Feeder
 from safedispatch.problems.projection import BIG, FORMULATIONS, DeviceBounds, ProjectionProgram, device_bounds
-from safedispatch.problems.types import Action, Snapshot, load_q_ratio
+from safedispatch.problems.types import DT_RANGE_H, Action, Snapshot, load_q_ratio
 from safedispatch.problems.zones import ModelNetwork, model_network
 from safedispatch.safety import kernels
 
@@ -65,6 +112,22 @@ DENSE_MAX_NODES = 300
 #: largest number of capacitor step combinations enumerated (pruned by distance); above it
 #: the exact steps come from a branch and bound on the convex relaxation
 MAX_CAP_COMBINATIONS = 64
+#: least-violation problem: stopping tolerance of the projected Newton method (the length of a
+#: full Newton step, MW / MVAr relative to the largest rating) and its iteration limit
+LV_TOL = 1e-11
+LV_MAX_ITER = 200
+#: least-violation problem, nearest-point stage: the relative widenings of the violated limits
+#: tried in turn (the violation grows by about twice that, relative) and the iteration limit of
+#: each attempt
+LV_WIDEN = (1e-9, 1e-7)
+LV_NEAREST_MAX_ITER = 100
+#: wall-time budget (s) of the CVXPY fallbacks within one call (all their solves together);
+#: when it is spent the remaining solves are skipped (the outcome is then SOLVER_FAILED if no
+#: answer was found)
+CVXPY_BUDGET_S = 0.6
+#: per-solve limits of the CVXPY fallbacks
+CVXPY_MAX_ITER = 200
+SCS_MAX_ITERS = 2000
 
 
 class ProjectionStatus(IntEnum):
@@ -104,7 +167,11 @@ class ProjectionResult:
         rounds: Certification rounds used.
         ac_vm_pu: ``(n_bus,)`` AC voltages at the safe action (when certified).
         ac_loading: ``(n_branch,)`` AC current / rating (when certified).
-        info: Extra details (limits used, certification history).
+        info: Extra details (limits used, certification history; ``"violation_sq"``, the minimised
+            violation measure, when INFEASIBLE; ``"solver_output"``, what the CVXPY solvers
+            printed, when they did).
+
+    Thread-safe: a plain value once returned (``active`` reads the result's own arrays).
     """
 
     action: Action
@@ -149,6 +216,8 @@ class _Limits:
     Ep: np.ndarray | None = None
     Eq: np.ndarray | None = None
     smax_qp: np.ndarray | None = None
+    #: structured QP and least-violation data of a corrected model ({"hard": ..., "lv": ...}), built on first use
+    qps: dict | None = None
 
 
 @dataclass
@@ -208,6 +277,7 @@ class _Model:
             self.Bcap_q = Bcap_q
         self._fast = None
         self._fast_warm: dict = {}
+        self._lv_cache: dict = {}
         self._lean = None
         f = layer.feeder
         m = tree.n - 1
@@ -259,32 +329,56 @@ class _Model:
         cap = np.asarray(cap, float)
         return self.Gcap @ cap if self.dense else self.lin(np.zeros(self.nodes.size), self.Bcap_q @ cap)
 
+    def qp_rows(self, lim: _Limits | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The static rows of the structured QP: ``x = [p | q | e]`` (MW, MVAr), voltage rows
+        ``[G; -G] x <= [wmax - c; c - wmin]`` plus the short-circuit-ratio rows, and one 2-D
+        cone per branch for its apparent power. With a certification correction (``lim.d``),
+        the voltage rows include its sensitivities ``Ep``, ``Eq``."""
+        mn, sn = self.mn, self.mn.sn_mva
+        n_pv, n_ess = mn.pv.size, mn.ess.size
+        Gw = np.hstack([self.Rw @ self.Bpv, self.Xw @ self.Bpv, self.Rw @ self.Bess]) / sn
+        if lim is not None and lim.d is not None:
+            ctrl = np.flatnonzero(self.Bpv.any(axis=1) | self.Bess.any(axis=1))
+            Gw = Gw + np.hstack([lim.Ep @ self.Bpv[ctrl], lim.Eq @ self.Bpv[ctrl], lim.Ep @ self.Bess[ctrl]]) / sn
+        rows = [Gw, -Gw]
+        for idx, _cap in self.weak:
+            r = np.zeros((1, 2 * n_pv + n_ess))
+            r[0, idx] = 1.0
+            rows.append(r)
+        SB = -self.S @ self.Bpv / sn
+        SE = -self.S @ self.Bess / sn
+        m = self.mn.tree.n - 1
+        A = np.zeros((m, 2, 2 * n_pv + n_ess))
+        A[:, 0, :n_pv] = SB
+        A[:, 0, 2 * n_pv:] = SE
+        A[:, 1, n_pv:2 * n_pv] = SB
+        return np.vstack(rows), A
+
     @property
     def fast(self):
-        """The structured QP of this model (LinDistFlow, continuous devices), built on first use:
-        ``x = [p | q | e]`` (MW, MVAr), voltage rows ``[G; -G] x <= [wmax - c; c - wmin]``
-        plus the short-circuit-ratio rows, and one 2-D cone per branch for its apparent power."""
+        """The structured QP of this model (LinDistFlow, continuous devices; rows of
+        :meth:`qp_rows`), built on first use."""
         if self._fast is None:
             from safedispatch.backends.structured_qp import StructuredQP
 
-            mn, sn = self.mn, self.mn.sn_mva
-            n_pv, n_ess = mn.pv.size, mn.ess.size
-            Gw = np.hstack([self.Rw @ self.Bpv, self.Xw @ self.Bpv, self.Rw @ self.Bess]) / sn
-            rows = [Gw, -Gw]
-            for idx, _cap in self.weak:
-                r = np.zeros((1, 2 * n_pv + n_ess))
-                r[0, idx] = 1.0
-                rows.append(r)
-            SB = -self.S @ self.Bpv / sn
-            SE = -self.S @ self.Bess / sn
-            m = self.mn.tree.n - 1
-            A = np.zeros((m, 2, 2 * n_pv + n_ess))
-            A[:, 0, :n_pv] = SB
-            A[:, 0, 2 * n_pv:] = SE
-            A[:, 1, n_pv:2 * n_pv] = SB
-            self._fast = StructuredQP(n_pv, n_ess, np.vstack(rows), A)
+            G, A = self.qp_rows()
             self._fast_warm = {}
+            self._fast = StructuredQP(self.mn.pv.size, self.mn.ess.size, G, A)
         return self._fast
+
+    def qp(self, lim: _Limits):
+        """The structured QP for these limits: the model's own (built once) or, for a corrected
+        model, one built for this correction (cached on ``lim``)."""
+        from safedispatch.backends.structured_qp import StructuredQP
+
+        if lim.d is None:
+            return self.fast
+        if lim.qps is None:
+            lim.qps = {}
+        if "hard" not in lim.qps:
+            G, A = self.qp_rows(lim)
+            lim.qps["hard"] = StructuredQP(self.mn.pv.size, self.mn.ess.size, G, A)
+        return lim.qps["hard"]
 
     @property
     def lean(self) -> _Lean:
@@ -343,17 +437,24 @@ class _Lean:
 
 
 def _quick_vec(a, n: int):
-    """``a`` when it is already a C-contiguous float64 ``(n,)`` array, else None."""
+    """``a`` when it is already a C-contiguous float64 ``(n,)`` array (a copy when it is read-only,
+    as a validated snapshot's arrays are: numba compiles a separate variant of a kernel for every
+    mix of read-only and writable arguments), else None."""
     if type(a) is np.ndarray and a.dtype == np.float64 and a.shape == (n,) and a.flags.c_contiguous:
-        return a
+        return a if a.flags.writeable else a.copy()
     return None
 
 
 class SafetyLayer:
     """Projects raw actions onto the feasible set of a convex feeder model.
 
-    A layer owns its solver state (parameters, warm starts, work arrays): use one layer per
-    thread or process.
+    Thread-safe: a layer owns solver state (CVXPY parameters, warm starts, work arrays), and
+    one internal re-entrant lock serializes :meth:`project`, :meth:`project_vector` and
+    :meth:`reset_warm_start`, so a layer may be shared by threads; the consequence is that
+    concurrent calls on one layer run one at a time (for parallel throughput use one layer per
+    thread or :class:`~safedispatch.safety.torch_layer.TorchSafetyLayer` batches). Answers do
+    not depend on the order of calls (see the module docstring), so a shared layer answers
+    each thread as it would answer the same calls made serially.
 
     Args:
         feeder: The network.
@@ -385,7 +486,8 @@ class SafetyLayer:
         fast: Use the structured active-set QP (:mod:`safedispatch.backends.structured_qp`)
             for LinDistFlow projections with continuous devices (exact, warm-started); any
             outcome other than optimal or certified infeasible falls back to the CVXPY path.
-        solvers: Solver fallback chain for the CVXPY path.
+        solvers: Solver fallback chain for the CVXPY path (bounded: ``CVXPY_BUDGET_S`` per call,
+            ``CVXPY_MAX_ITER`` iterations per interior-point solve, ``SCS_MAX_ITERS`` for SCS).
 
     Raises:
         InputError: unknown model, bad weights or margins.
@@ -426,6 +528,9 @@ class SafetyLayer:
         else:
             raise InputError(f"expected None or 'feeder', got {zones!r}", "zones")
         self.zoned = zones is not None
+        self._lock = threading.RLock()
+        self._deadline = math.inf  # of the CVXPY fallbacks in the current call (see _cvx_solve)
+        self._solver_output: list = []
         # the lean path: one compiled call before and one after the structured QP, no per-call
         # Python objects beyond the result (see _project_lean)
         self._lean_ok = (not self.zoned and model == "lindistflow" and self.fast and feeder.n_cap == 0
@@ -433,6 +538,22 @@ class SafetyLayer:
         if not (isinstance(zone_rounds, int) and zone_rounds >= 1):
             raise InputError(f"expected an integer >= 1, got {zone_rounds!r}", "zone_rounds")
         self.zone_rounds = zone_rounds
+        if self.fast and model == "lindistflow" and feeder.n_pv + feeder.n_ess > 0:
+            _warm_least_violation()
+        if model == "socp" or not fast or scr_min is not None or feeder.load.sheddable.any():
+            # infeasible snapshots will take the CVXPY path: its problems are built (and compiled
+            # for the first solver of the chain) here, in the set-up, not inside a call
+            for mod in self.models:
+                self._prepare_soft(mod)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)  # made anew (a lock cannot be copied)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     @staticmethod
     def _positive(w, n, name):
@@ -456,45 +577,71 @@ class SafetyLayer:
             max_rounds: Certification rounds at most.
 
         Raises:
-            InputError: bad action or snapshot (the message names the field).
+            InputError: bad action or snapshot, or ``max_rounds`` not an integer >= 0 (the message
+                names the field).
         """
-        t0 = time.perf_counter()
-        if self._lean_ok and not certify_ac:
-            res = self._project_lean(action, snapshot)
-            if res is not None:
-                res.solve_time_s = time.perf_counter() - t0
-                return res
-        f = self.feeder
-        snap = snapshot.checked(f)
-        act = action.checked(f)
-        if self.zoned:
-            res = self._project_zones(act, snap)
-        else:
-            mod = self.models[0]
-            res = self._project_model(mod, act, snap, mod.base_limits())
-        if certify_ac:
-            from safedispatch.safety.certify import certify
+        if not isinstance(action, Action):
+            raise InputError(f"expected an Action, got {type(action).__name__}", "action")
+        if not isinstance(snapshot, Snapshot):
+            raise InputError(f"expected a Snapshot, got {type(snapshot).__name__}", "snapshot")
+        if isinstance(max_rounds, bool) or not isinstance(max_rounds, int | np.integer) or max_rounds < 0:
+            raise InputError(f"expected an integer >= 0, got {max_rounds!r}", "max_rounds")
+        certify_ac = bool(certify_ac)
+        with self._lock:
+            t0 = time.perf_counter()
+            if self._lean_ok and not certify_ac:
+                res = self._project_lean(action, snapshot)
+                if res is not None:
+                    res.solve_time_s = time.perf_counter() - t0
+                    return res
+            f = self.feeder
+            snap = snapshot.checked(f)
+            act = action.checked(f)
+            self._deadline = time.perf_counter() + CVXPY_BUDGET_S
+            self._solver_output = []
+            try:
+                if self.zoned:
+                    res = self._project_zones(act, snap)
+                else:
+                    mod = self.models[0]
+                    res = self._project_model(mod, act, snap, mod.base_limits())
+                if certify_ac:
+                    from safedispatch.safety.certify import certify
 
-            res = certify(self, act, snap, res, max_rounds=max_rounds)
-        res.solve_time_s = time.perf_counter() - t0
-        return res
+                    res = certify(self, act, snap, res, max_rounds=max_rounds)
+            finally:
+                self._deadline = math.inf
+            if self._solver_output:
+                res.info["solver_output"] = "".join(self._solver_output)
+            res.solve_time_s = time.perf_counter() - t0
+            return res
 
     def reset_warm_start(self) -> None:
         """Forget the previous calls' duals: the next projection starts cold (e.g. at an
-        episode boundary, where the last call's active set says nothing about the next)."""
-        for mod in self.models:
-            mod._fast_warm.clear()
-            if mod._lean is not None:
-                mod._lean.warm = False
+        episode boundary, where the last call's active set says nothing about the next).
+        Answers do not change (beyond rounding), only the iterations they take."""
+        with self._lock:
+            for mod in self.models:
+                mod._fast_warm.clear()
+                if mod._lean is not None:
+                    mod._lean.warm = False
 
     def project_vector(self, x, snapshot: Snapshot, **kw) -> tuple[np.ndarray, ProjectionResult]:
         """Flat-vector form for RL code: ``x = [pv_p_mw | pv_q_mvar | ess_p_mw]`` (length
         ``2 n_pv + n_ess``); capacitor banks keep ``snapshot.prev``'s steps (or their initial
-        steps). Returns the safe vector and the full result."""
-        prev = snapshot.prev
-        cap = prev.cap_step if prev is not None else None
-        res = self.project(Action.from_vector(x, self.feeder, cap_step=cap), snapshot, **kw)
-        return res.action.to_vector(), res
+        steps). Returns the safe vector and the full result.
+
+        Raises:
+            InputError: ``x`` not a finite vector of that length, a bad snapshot (the field is
+                named).
+        """
+        if not isinstance(snapshot, Snapshot):
+            raise InputError(f"expected a Snapshot, got {type(snapshot).__name__}", "snapshot")
+        with self._lock:
+            prev = snapshot.prev
+            cap = prev.cap_step if isinstance(prev, Action) else None  # a bad prev: project() says so
+            res = self.project(Action.from_vector(x, self.feeder, cap_step=cap), snapshot, **kw)
+            return res.action.to_vector(), res
 
     # ------------------------------------------------------------------------------------
     def _project_lean(self, action: Action, snapshot: Snapshot) -> ProjectionResult | None:
@@ -503,8 +650,11 @@ class SafetyLayer:
         PROJECTED. Same checks, limits and arithmetic as the general path (it evaluates
         LinDistFlow on the tree instead of the dense maps, equal to rounding). Returns None
         whenever anything is out of the ordinary (arrays not plain float64 vectors, an input
-        failing a check, a QP outcome other than optimal): the general path then handles the
-        call from scratch, with its typed errors."""
+        failing a check or outside the physical ranges: a power above ``MAX_ABS_POWER_MW``, a
+        root voltage outside ``V_ROOT_RANGE_PU``, a step length outside ``DT_RANGE_H``; a QP
+        outcome other than optimal; an answer
+        that fails the limit check): the general path then handles the call from scratch, with
+        its typed errors."""
         f = self.feeder
         mod = self.models[0]
         ln = mod.lean
@@ -537,7 +687,8 @@ class SafetyLayer:
         v, dt = snapshot.v_root_pu, snapshot.dt_h
         if v is None:
             v = f.root_vm_pu
-        if not (type(v) is float and type(dt) is float and 0.0 < v < math.inf and 0.0 < dt < math.inf):
+        if not (type(v) is float and type(dt) is float and V_ROOT_RANGE_PU[0] <= v <= V_ROOT_RANGE_PU[1]
+                and DT_RANGE_H[0] < dt <= DT_RANGE_H[1]):
             return None
         ws = v * v
         out_pv, out_e = np.empty((4, n_pv)), np.empty((2, n_ess))
@@ -545,7 +696,8 @@ class SafetyLayer:
         code = kernels.lean_prepare(
             lp, lq, av, rp, rq, re, has_prev, pp, pq, pe, soc, ws, dt, ln.nodes, ln.sn, ln.b_pu, ln.parent, ln.r2,
             ln.x2, ln.pv_node, ln.ess_node, ln.p_max, ln.s, ln.t, ln.ramp_p, ln.ramp_q, *ln.ess, ln.wmin, ln.wmax,
-            ln.smax, ln.weak_ptr, ln.weak_idx, ln.weak_cap, DEV_TOL, FEAS_TOL, ln.root, ln.branch, ln.av, out_pv, out_e,
+            ln.smax, ln.weak_ptr, ln.weak_idx, ln.weak_cap, DEV_TOL, FEAS_TOL, MAX_ABS_POWER_MW, ln.root, ln.branch,
+            ln.av, out_pv, out_e,
             ln.pi, ln.qi, ln.w, ln.P, ln.Q, ln.h, ln.c, vm, bp, bq)
         if code < 0:
             return None
@@ -561,10 +713,12 @@ class SafetyLayer:
             if qcode != 0:
                 return None
             p, q, e = np.empty(n_pv), np.empty(n_pv), np.empty(n_ess)
-            obj, corr, vv, vs = kernels.lean_finish(
+            obj, corr, vv, vs, vmod = kernels.lean_finish(
                 x, rp, rq, re, ln.wpv, ln.wess, out_pv, out_e, ln.s, ln.t, lp, lq, ws, ln.nodes, ln.sn, ln.b_pu,
                 ln.parent, ln.r2, ln.x2, ln.pv_node, ln.ess_node, ln.wmin, ln.wmax, ln.smax, ln.root, ln.branch, p, q,
                 e, ln.pi, ln.qi, ln.w, ln.P, ln.Q, vm, bp, bq)
+            if not vmod <= FEAS_TOL:  # checked against the limits before a success status
+                return None
             status, n_solves, solver = ProjectionStatus.PROJECTED, 1, "structured_qp"
         safe = Action(pv_p_mw=p, pv_q_mvar=q, cap_step=ln.zero_cap.copy(), ess_p_mw=e)
 
@@ -590,6 +744,8 @@ class SafetyLayer:
         raw_cap = act.cap_step[mn.cap]
         ctx = self._context(mod, snap, lim, bounds, boundary, w_source, model)
         zero_shed = np.zeros(mn.tree.n - 1)
+        if mn.pv.size + mn.ess.size == 0:
+            return self._project_fixed(mod, act, snap, rp, rq, re, raw_cap, ctx)
         # 1. the raw action may already be feasible
         if ctx["model"] == "socp" and mn.zone is None and lim.d is None:
             raw = self._ac_point(mod, act, rp, rq, re, raw_cap, ctx)
@@ -606,12 +762,73 @@ class SafetyLayer:
             pt = self._device_only(mod, rp, rq, re, raw_cap, bounds, ctx)
             return self._result(mod, act, snap, pt, ProjectionStatus.SOLVER_FAILED, ctx, stats=stats[:3])
         # 3. no feasible set-point: shed load if allowed, else the least-violating point
-        pt, status, st2 = self._solve_soft(mod, rp, rq, re, raw_cap, ctx)
+        out = None
+        if self._use_fast(mod, ctx) and not self._shed_max(mod, ctx).any():
+            out = self._least_violation_fast(mod, rp, rq, re, raw_cap, ctx)
+        if out is None:
+            out = self._solve_soft(mod, rp, rq, re, raw_cap, ctx)
+        pt, status, st2 = out
         stats = (stats[0] + st2[0], stats[1] + st2[1], st2[2] or stats[2])
         if pt is None:
             pt = self._device_only(mod, rp, rq, re, raw_cap, bounds, ctx)
             status = ProjectionStatus.SOLVER_FAILED
         return self._result(mod, act, snap, pt, status, ctx, stats=stats)
+
+    def _project_fixed(self, mod: _Model, act: Action, snap: Snapshot, rp, rq, re, raw_cap, ctx) -> ProjectionResult:
+        """A model without controllable devices: nothing continuous to project. Each capacitor
+        step combination (the raw steps first; all of them up to ``MAX_CAP_COMBINATIONS``, else
+        raw, all off and all on) is evaluated directly: the raw steps when they satisfy the
+        limits (UNCHANGED), else the nearest feasible combination (PROJECTED), else the
+        least-violating one, nearest among equals (INFEASIBLE). Evaluated with the model (the
+        SOCP model of the whole feeder by the AC power flow, as its UNCHANGED test; LinDistFlow
+        where that does not converge or for zone and corrected models)."""
+        mn, lim = mod.mn, ctx["lim"]
+        zero_shed = np.zeros(mn.tree.n - 1)
+        if self._n_cap_combinations(mod) > MAX_CAP_COMBINATIONS:
+            n_max = self.feeder.cap.n_steps[mn.cap].astype(np.int64)
+            qs = self.feeder.cap.q_step_mvar[mn.cap]
+            cands = [(np.asarray(c, dtype=np.int64), self.cap_weight * float(np.sum((qs * (c - raw_cap)) ** 2)))
+                     for c in (raw_cap, np.zeros_like(raw_cap), n_max)]
+        else:
+            cands = self._cap_candidates(mod, raw_cap)
+        best = None
+        lin_ctx = dict(ctx, model="lindistflow")
+        for cap, cost in cands:
+            pt = None
+            if ctx["model"] == "socp" and mn.zone is None and lim.d is None:
+                c_full = act.cap_step.copy()
+                c_full[mn.cap] = cap
+                pt = self._ac_point(mod, Action(pv_p_mw=act.pv_p_mw, pv_q_mvar=act.pv_q_mvar, cap_step=c_full,
+                                                ess_p_mw=act.ess_p_mw), rp, rq, re, cap, ctx)
+            if pt is None:
+                pt = self._evaluate(mod, rp, rq, re, cap, zero_shed, lin_ctx)
+            feasible = self._network_violation(mod, pt, lim)[2] <= FEAS_TOL
+            key = (0.0 if feasible else self._violation_sq(pt, lim), cost)
+            if best is None or _lex_less(key, best[0]):
+                pt.objective = cost
+                best = (key, pt, feasible, cap)
+        _, pt, feasible, cap = best
+        if feasible:
+            status = ProjectionStatus.UNCHANGED if np.array_equal(cap, raw_cap) else ProjectionStatus.PROJECTED
+        else:
+            status = ProjectionStatus.INFEASIBLE
+        res = self._result(mod, act, snap, pt, status, ctx, stats=(0, 0, ""))
+        res.info["nothing_to_control"] = True
+        return res
+
+    @staticmethod
+    def _violation_sq(pt: _Point, lim: _Limits) -> float:
+        """The minimised violation measure ``V`` of a point (model units, see the module docstring)."""
+        hi = np.maximum(pt.w - lim.wmax, 0.0)
+        lo = np.maximum(lim.wmin - pt.w, 0.0)
+        th = np.maximum(np.hypot(pt.P, pt.Q) - np.minimum(lim.smax, BIG), 0.0)
+        return float(hi @ hi + lo @ lo + th @ th)
+
+    def _shed_max(self, mod: _Model, ctx) -> np.ndarray:
+        """``(n-1,)`` sheddable load per model node (pu) at this snapshot."""
+        nodes = mod.mn.tree.bus[1:]
+        frac = self._sheddable_fraction()[nodes]
+        return np.maximum(np.asarray(ctx["snap"].load_p_mw)[nodes], 0) * frac / mod.mn.sn_mva
 
     # -- evaluation ------------------------------------------------------------------------
     def _context(self, mod: _Model, snap: Snapshot, lim: _Limits, bounds=None, boundary=None, w_source=None,
@@ -668,7 +885,7 @@ class SafetyLayer:
         a.set("c_shed", 0.0)
         a.set("viol_cap", BIG)
         a.set("shed_cap", BIG)
-        r = cvxpy_.solve(prog.problem, self.solvers, retry=cvxpy_.RETRY_OPTIONS)
+        r = self._cvx_solve(prog.problem)
         if not r.status.has_solution:
             return None
         return _Point(p=p, q=q, e=e, cap=np.asarray(cap), shed=shed, w=self._w_eff(prog, r), P=r.x["P"], Q=r.x["Q"])
@@ -758,43 +975,168 @@ class SafetyLayer:
         return out
 
     def _use_fast(self, mod: _Model, ctx) -> bool:
-        return (self.fast and ctx["model"] == "lindistflow" and ctx["lim"].d is None
-                and mod.mn.pv.size + mod.mn.ess.size > 0)
+        return self.fast and ctx["model"] == "lindistflow" and mod.mn.pv.size + mod.mn.ess.size > 0
 
-    def _solve_fast(self, mod: _Model, rp, rq, re, cap, ctx):
-        """One projection with the structured QP; returns (point or None, status name,
-        iterations). None with "infeasible" is a certificate; other statuses fall back."""
-        from safedispatch.backends.structured_qp import QPStatus
-
-        mn, b, lim = mod.mn, ctx["bounds"], ctx["lim"]
-        qp = mod.fast
+    def _qp_data(self, mod: _Model, cap, ctx):
+        """Right-hand sides of the structured QP for one capacitor step combination:
+        ``h = [wmax - cw; cw - wmin; weak caps]`` (``cw``: squared voltages without the devices,
+        with the certification offset ``d`` when there is one), ``c`` (flows without the devices)
+        and the solver-safe ratings."""
+        lim = ctx["lim"]
         base = ctx["base0"] + mod.lin_cap(cap)
         m = mod.nodes.size
-        cw = base[:m]
+        cw = base[:m] if lim.d is None else base[:m] + lim.d
         h = np.empty(2 * m + len(mod.weak))
         np.subtract(lim.wmax, cw, out=h[:m])
         np.subtract(cw, lim.wmin, out=h[m:2 * m])
         for k, (_idx, cap_mw) in enumerate(mod.weak):
             h[2 * m + k] = cap_mw
-        c = base[m:].reshape(2, m).T
+        c = np.ascontiguousarray(base[m:].reshape(2, m).T)
         if lim.smax_qp is None:  # cached per limits object: zero and infinite ratings made solver-safe
             lim.smax_qp = np.clip(lim.smax, 1e-12, BIG)
-        smax = lim.smax_qp
+        return h, c, lim.smax_qp
+
+    def _fast_point(self, mod: _Model, x, rp, rq, re, cap, ctx) -> _Point:
+        """A structured-QP answer moved exactly onto the device limits and evaluated."""
+        mn, b = mod.mn, ctx["bounds"]
+        n_pv = mn.pv.size
+        p, q, e = self._onto_devices(mod, x[:n_pv].copy(), x[n_pv:2 * n_pv].copy(), x[2 * n_pv:].copy(), b)
+        pt = self._evaluate(mod, p, q, e, np.asarray(cap), np.zeros(mn.tree.n - 1), ctx)
+        wp, we = self.weights_pv[mn.pv], self.weights_ess[mn.ess]
+        pt.objective = float(np.sum(wp * ((p - rp) ** 2 + (q - rq) ** 2)) + np.sum(we * (e - re) ** 2))
+        pt.solver = "structured_qp"
+        return pt
+
+    def _solve_fast(self, mod: _Model, rp, rq, re, cap, ctx):
+        """One projection with the structured QP; returns (point or None, status name,
+        iterations). None with "infeasible" is a certificate; other statuses fall back. An
+        optimal answer that fails the limit check (``FEAS_TOL``, model units) counts as failed:
+        it is never returned as a success."""
+        from safedispatch.backends.structured_qp import QPStatus
+
+        mn, b, lim = mod.mn, ctx["bounds"], ctx["lim"]
+        qp = mod.qp(lim)
+        h, c, smax = self._qp_data(mod, cap, ctx)
         key = tuple(np.asarray(cap).tolist())
+        warm = mod._fast_warm.get(key) if lim.d is None else None
         res = qp.solve(rp, rq, re, self.weights_pv[mn.pv], self.weights_ess[mn.ess], b.p_lo, b.p_hi, b.q_lo, b.q_hi,
-                       mod.s_pv, mod.t_pv, b.e_lo, b.e_hi, h, c, smax,
-                       warm=mod._fast_warm.get(key))
+                       mod.s_pv, mod.t_pv, b.e_lo, b.e_hi, h, c, smax, warm=warm)
         if res.status == QPStatus.OPTIMAL:
-            mod._fast_warm[key] = res.warm
-            n_pv = mn.pv.size
-            x = res.x
-            p, q, e = self._onto_devices(mod, x[:n_pv].copy(), x[n_pv:2 * n_pv].copy(), x[2 * n_pv:].copy(), b)
-            pt = self._evaluate(mod, p, q, e, np.asarray(cap), np.zeros(mn.tree.n - 1), ctx)
-            wp, we = self.weights_pv[mn.pv], self.weights_ess[mn.ess]
-            pt.objective = float(np.sum(wp * ((p - rp) ** 2 + (q - rq) ** 2)) + np.sum(we * (e - re) ** 2))
-            pt.solver = "structured_qp"
+            if lim.d is None:
+                mod._fast_warm[key] = res.warm
+            pt = self._fast_point(mod, res.x, rp, rq, re, cap, ctx)
+            if not self._network_violation(mod, pt, lim)[2] <= FEAS_TOL:
+                return None, "failed", res.iterations
             return pt, "optimal", res.iterations
         return None, ("infeasible" if res.status == QPStatus.INFEASIBLE else "failed"), res.iterations
+
+    def _least_violation_fast(self, mod: _Model, rp, rq, re, raw_cap, ctx):
+        """The least-violating point (module docstring) with the structured solver, capacitor
+        steps enumerated (all combinations up to ``MAX_CAP_COMBINATIONS``, else the raw steps, all
+        off and all on). Returns ``(point, status, (solves, iterations, solver))``, or None when
+        the structured solver cannot answer (the CVXPY path then does)."""
+        mn = mod.mn
+        if self._n_cap_combinations(mod) > MAX_CAP_COMBINATIONS:
+            n_max = self.feeder.cap.n_steps[mn.cap].astype(np.int64)
+            qs = self.feeder.cap.q_step_mvar[mn.cap]
+            cands = [(np.asarray(c, dtype=np.int64), self.cap_weight * float(np.sum((qs * (c - raw_cap)) ** 2)))
+                     for c in (raw_cap, np.zeros_like(raw_cap), n_max)]
+        else:
+            cands = self._cap_candidates(mod, raw_cap)
+        best = None
+        n = iters = 0
+        for cap, cap_cost in cands:
+            out = self._least_violation_one(mod, rp, rq, re, cap, ctx)
+            if out is None:
+                return None
+            pt, viol, k, it = out
+            n += k
+            iters += it
+            key = (viol, pt.objective + cap_cost)
+            if best is None or _lex_less(key, best[0]):
+                best = (key, pt)
+        pt = best[1]
+        ok = self._network_violation(mod, pt, ctx["lim"])[2] <= FEAS_TOL
+        return pt, (ProjectionStatus.PROJECTED if ok else ProjectionStatus.INFEASIBLE), (n, iters, "structured_qp")
+
+    def _lv_static(self, mod: _Model, lim: _Limits):
+        """Static data of the least-violation solver for these limits' rows: the voltage rows
+        ``Gw`` (MW -> squared-voltage pu) in CSR form, their Gram matrix, the cone rows stacked
+        ``(2m, n)`` in CSR form, the weights, and ``Gw`` and the cone rows dense."""
+        if lim.d is None:
+            cache = mod._lv_cache
+        else:
+            mod.qp(lim)  # creates lim.qps
+            cache = lim.qps
+        if "lv" not in cache:
+            qp = mod.qp(lim)
+            m = mod.nodes.size
+            Gw = np.ascontiguousarray(qp.G[:m])
+            A2 = np.ascontiguousarray(qp.A.reshape(2 * m, -1))
+            w = np.concatenate([self.weights_pv[mod.mn.pv], self.weights_pv[mod.mn.pv], self.weights_ess[mod.mn.ess]])
+            cache["lv"] = (_csr(Gw), np.ascontiguousarray(Gw.T @ Gw), _csr(A2), w, Gw, A2)
+        return cache["lv"]
+
+    def _least_violation_one(self, mod: _Model, rp, rq, re, cap, ctx):
+        """The least-violating point for fixed capacitor steps, in up to two stages.
+
+        1. Least violation: a minimiser ``x_V`` of ``V`` over the device sets, by a projected
+           Newton method in the set-points (:func:`kernels.least_violation`: its Hessian is
+           ``n x n`` however many limits are violated), started from the raw point moved onto
+           the device sets. Its excesses (each voltage row's ``w - wmax`` or ``wmin - w``, each
+           branch's ``||(P, Q)|| - smax``) are the unique least-violating ones.
+        2. The nearest least-violating point: the projection of the raw point (the structured
+           QP) with every violated limit moved out to its value at ``x_V`` (a hair wider,
+           ``LV_WIDEN``, so that the multipliers stay bounded): every point there has each
+           excess at most ``x_V``'s. Skipped when every device sits at a corner of its set at
+           ``x_V``; when it fails, ``x_V`` is the answer (flagged in ``info``).
+
+        Both stages start cold (the answer does not depend on earlier calls). Returns
+        ``(point, V, solves, iterations)``, or None when the structured path does not apply
+        (short-circuit-ratio rows, which stay hard) or the first stage fails."""
+        from safedispatch.backends.structured_qp import QPStatus
+
+        if mod.weak:
+            return None
+        mn, b, lim = mod.mn, ctx["bounds"], ctx["lim"]
+        h, c, S = self._qp_data(mod, cap, ctx)
+        m = mod.nodes.size
+        g_csr, GG, a_csr, w, Gw, A2 = self._lv_static(mod, lim)
+        r = np.concatenate([rp, rq, re])
+        x = np.empty_like(r)
+        code, iters, _v, _cond, nf = kernels.least_violation(
+            r, r, w, 0.0, mn.pv.size, mn.ess.size, b.p_lo, b.p_hi, b.q_lo, b.q_hi, mod.s_pv, mod.t_pv, b.e_lo, b.e_hi,
+            *g_csr, h[:m], h[m:2 * m], *a_csr, c, S, GG, LV_TOL, LV_MAX_ITER, x)
+        if code < 0 or not np.isfinite(x).all():
+            return None
+        extra = {} if code == 0 else {"least_violation_converged": False}
+        n_solves = 1
+        if nf > 0:
+            qp = mod.qp(lim)
+            wp, we = self.weights_pv[mn.pv], self.weights_ess[mn.ess]
+            gx = Gw @ x
+            u = A2 @ x
+            nu = np.hypot(u[0::2] + c[:, 0], u[1::2] + c[:, 1])
+            res2 = None
+            for widen in LV_WIDEN:
+                h2 = h.copy()
+                h2[:m] = np.maximum(h[:m], gx + widen * (np.abs(gx) + 1e-3))
+                h2[m:2 * m] = np.maximum(h[m:2 * m], -gx + widen * (np.abs(gx) + 1e-3))
+                S2 = np.maximum(S, nu * (1.0 + widen) + 1e-15)
+                res2 = qp.solve(rp, rq, re, wp, we, b.p_lo, b.p_hi, b.q_lo, b.q_hi, mod.s_pv, mod.t_pv, b.e_lo,
+                                b.e_hi, h2, c, S2, max_iter=LV_NEAREST_MAX_ITER)
+                iters += res2.iterations
+                n_solves += 1
+                if res2.status == QPStatus.OPTIMAL:
+                    x = res2.x
+                    break
+            else:
+                extra["least_violation_nearest"] = (f"not solved ({res2.status.name}): a least-violating point, "
+                                                    "not the nearest")
+        pt = self._fast_point(mod, x, rp, rq, re, cap, ctx)
+        if extra:
+            pt.extra = {**pt.extra, **extra}
+        return pt, self._violation_sq(pt, lim), n_solves, iters
 
     def _solve_hard(self, mod: _Model, rp, rq, re, raw_cap, ctx):
         if self._n_cap_combinations(mod) > MAX_CAP_COMBINATIONS:
@@ -824,11 +1166,14 @@ class SafetyLayer:
             if cap_cost >= best_total:  # continuous distance >= 0: nothing later can win
                 break
             self._set(mod, prog, ctx, rp, rq, re, cap)
-            r = cvxpy_.solve(prog.problem, self.solvers, retry=cvxpy_.RETRY_OPTIONS)
+            r = self._cvx_solve(prog.problem)
             n += 1
             iters += r.iterations
             if r.status.has_solution:
                 pt = self._point_from(mod, prog, r, cap, np.zeros(mod.mn.tree.n - 1), ctx)
+                if not self._network_violation(mod, pt, ctx["lim"])[2] <= FEAS_TOL:
+                    failed = True  # an answer outside the limits is never a success
+                    continue
                 total = pt.objective + cap_cost
                 if total < best_total:
                     best, best_total, solver = pt, total, r.solver
@@ -858,7 +1203,7 @@ class SafetyLayer:
                 break  # best-first: nothing left can win
             relax.alg.set("c_lo", lo)
             relax.alg.set("c_hi", hi)
-            r = cvxpy_.solve(relax.problem, self.solvers, retry=cvxpy_.RETRY_OPTIONS)
+            r = self._cvx_solve(relax.problem)
             n += 1
             iters += r.iterations
             if not r.status.has_solution:
@@ -891,10 +1236,13 @@ class SafetyLayer:
     def _solve_hard_fixed(self, mod: _Model, rp, rq, re, cap, ctx):
         prog = mod.program(correction=ctx["lim"].d is not None, model=ctx["model"])
         self._set(mod, prog, ctx, rp, rq, re, cap)
-        r = cvxpy_.solve(prog.problem, self.solvers, retry=cvxpy_.RETRY_OPTIONS)
+        r = self._cvx_solve(prog.problem)
         if not r.status.has_solution:
             return None, r.iterations
-        return self._point_from(mod, prog, r, cap, np.zeros(mod.mn.tree.n - 1), ctx), r.iterations
+        pt = self._point_from(mod, prog, r, cap, np.zeros(mod.mn.tree.n - 1), ctx)
+        if not self._network_violation(mod, pt, ctx["lim"])[2] <= FEAS_TOL:
+            return None, r.iterations
+        return pt, r.iterations
 
     def _point_from(self, mod, prog, r, cap, shed, ctx) -> _Point:
         """Clean a solver's answer onto the device limits exactly and evaluate the model."""
@@ -939,29 +1287,84 @@ class SafetyLayer:
         p, q, e = self._onto_devices(mod, rp.copy(), rq.copy(), re.copy(), bounds)
         return self._evaluate(mod, p, q, e, raw_cap, np.zeros(mod.mn.tree.n - 1), dict(ctx, model="lindistflow"))
 
+    def _cvx_solve(self, problem):
+        """:func:`cvxpy_.solve` with this layer's chain, bounded: what is left of the call's
+        ``CVXPY_BUDGET_S`` as every solver's time limit, ``CVXPY_MAX_ITER`` iterations
+        (``SCS_MAX_ITERS`` for SCS), no warm start (an answer must not depend on earlier calls).
+        A spent budget skips the solve (status LIMIT_REACHED). What the solvers print is kept
+        for ``result.info["solver_output"]``."""
+        from safedispatch.backends.result import SolveResult
+
+        remaining = self._deadline - time.perf_counter()
+        if remaining <= 0.0:
+            return SolveResult(status=SolveStatus.LIMIT_REACHED, x={}, objective=math.inf, solver="",
+                               info={"tried": [], "errors": {"budget": f"CVXPY_BUDGET_S = {CVXPY_BUDGET_S} s spent"}})
+        options, retry = _bounded_options(remaining)
+        r = cvxpy_.solve(problem, self.solvers, options=options, retry=retry)
+        out = r.info.get("solver_output")
+        if out:
+            self._solver_output.append(out)
+        return r
+
+    def _prepare_soft(self, mod: _Model) -> None:
+        """Build the soft CVXPY problems of ``mod`` and compile them for the first solver of the
+        chain (a one-time cost of ~0.1 s that would otherwise fall on an infeasible call)."""
+        import cvxpy as cp
+
+        prog = mod.program(soft=True, model=self.model)
+        for problem in self._soft_problems(prog):
+            try:
+                problem.get_problem_data(self.solvers[0])
+            except (cp.error.SolverError, cp.error.DCPError, ValueError, KeyError):
+                pass  # the solve reports it (a solver that is not installed, say)
+
+    def _soft_problems(self, prog: ProjectionProgram):
+        """The CVXPY problems of the least-violation path on the soft program (built once per
+        program): least violation (the module docstring's measure: the sum of the squared
+        slacks), least shed and nearest. The last two carry the program's cap on the total
+        slack (``viol_cap``, linear: 0 holds every limit) and a cap on the measure (parameter
+        ``lv_cap``: one quadratic constraint, which keeps an interior for the interior-point
+        solvers where capping every slack at its least value would not)."""
+        cache = getattr(prog, "_lv_problems", None)
+        if cache is None:
+            import cvxpy as cp
+
+            a = prog.alg
+            sv_hi, sv_lo, ss = a.vars["slack_vmax"], a.vars["slack_vmin"], a.vars["slack_thermal"]
+            everything = [c for cons in a.constraints.values() for c in cons]
+            base = [c for k, cons in a.constraints.items() if k != "viol_cap" for c in cons]
+            viol = cp.sum_squares(sv_hi) + cp.sum_squares(sv_lo) + cp.sum_squares(ss)
+            capped = everything + [viol <= a.param("lv_cap", BIG, nonneg=True)]
+            losses = 0.0
+            if prog.net.l is not None and prog.model == "socp" and self.socp_loss_weight > 0:
+                # a small price on (possibly fictitious) losses keeps the relaxation tight
+                losses = self.socp_loss_weight * cp.sum(cp.multiply(prog.mn.tree.r_pu[1:], prog.net.l))
+            cache = prog._lv_problems = (
+                cp.Problem(cp.Minimize(viol + 1e-6 * losses), base),
+                cp.Problem(cp.Minimize(cp.sum(a.vars["shed"]) + losses), capped),
+                cp.Problem(cp.Minimize(cp.sum(a.vars["dist"]) + losses), capped),
+            )
+        return cache
+
     def _solve_soft(self, mod: _Model, rp, rq, re, raw_cap, ctx):
-        """Lexicographic: (1) if any load is sheddable, shed the least load that makes the
-        limits hold, then the nearest set-points with that shed; otherwise (2) minimise the
-        total violation, then the shed load, then the distance. Every capacitor step
-        combination is tried and the lexicographically best kept."""
+        """The CVXPY path for snapshots without a feasible set-point (SOCP model, sheddable
+        loads, or when the structured solver cannot answer), lexicographic: (1) if any load is
+        sheddable, shed the least load that makes the limits hold, then the nearest set-points
+        with that shed; otherwise (2) minimise the violation (the module docstring's measure),
+        then, with the violation capped at ``(1 + 1e-6)`` times its least value, the shed load,
+        then the distance. Every capacitor step combination is tried and the lexicographically
+        best kept. Bounded in time (see :meth:`_cvx_solve`)."""
         mn = mod.mn
         prog = mod.program(soft=True, correction=ctx["lim"].d is not None, model=ctx["model"])
+        p_viol, p_shed, p_near = self._soft_problems(prog)
         a = prog.alg
-        snap = ctx["snap"]
-        nodes = mn.tree.bus[1:]
-        frac = self._sheddable_fraction()[nodes]
-        shed_max = np.maximum(np.asarray(snap.load_p_mw)[nodes], 0) * frac / mn.sn_mva
+        shed_max = self._shed_max(mod, ctx)
         n = iters = 0
         solver = ""
 
-        def run(alpha, beta, c_shed, viol_cap, shed_cap):
+        def run(problem):
             nonlocal n, iters, solver
-            a.set("alpha", alpha)
-            a.set("beta", beta)
-            a.set("c_shed", c_shed)
-            a.set("viol_cap", viol_cap)
-            a.set("shed_cap", shed_cap)
-            r = cvxpy_.solve(prog.problem, self.solvers, retry=cvxpy_.RETRY_OPTIONS)
+            r = self._cvx_solve(problem)
             n += 1
             iters += r.iterations
             solver = r.solver or solver
@@ -977,34 +1380,46 @@ class SafetyLayer:
         for cap, cap_cost in candidates:
             self._set(mod, prog, ctx, rp, rq, re, cap)
             a.set("shed_max", shed_max)
+            a.set("viol_cap", BIG)
+            a.set("shed_cap", BIG)
             if shed_max.sum() > 0:
-                r = run(0.0, 1e-6, 1.0, 0.0, BIG)  # least shed with hard limits
+                a.set("viol_cap", 0.0)  # every limit holds
+                a.set("lv_cap", BIG)
+                r = run(p_shed)  # least shed with hard limits
                 if r.status.has_solution:
-                    cap_shed = float(r.x["shed"].sum()) * (1 + 1e-6) + 1e-9
-                    r = run(0.0, 1.0, 0.0, 0.0, cap_shed)
+                    shed_hard = float(r.x["shed"].sum())
+                    a.set("shed_cap", shed_hard * (1 + 1e-6) + 1e-9)
+                    r = run(p_near)
                     if r.status.has_solution:
-                        key = (0.0, float(r.x["shed"].sum()), r.objective + cap_cost)
-                        if best is None or key < best[0]:
-                            pt = self._point_from(mod, prog, r, cap, r.x["shed"], ctx)
-                            best = (key, pt, ProjectionStatus.PROJECTED)
-                        continue
-            r = run(1.0, 1e-6, 0.0, BIG, BIG)  # least violation (shedding allowed)
+                        pt = self._point_from(mod, prog, r, cap, r.x["shed"], ctx)
+                        if self._network_violation(mod, pt, ctx["lim"])[2] <= FEAS_TOL:
+                            key = (0.0, shed_hard, pt.objective + cap_cost)
+                            if best is None or key < best[0]:
+                                best = (key, pt, ProjectionStatus.PROJECTED)
+                            continue
+                        # an inexact answer outside the limits: not a success; the least violation
+                a.set("shed_cap", BIG)
+                a.set("viol_cap", BIG)
+            r = run(p_viol)  # least violation (shedding allowed)
             if not r.status.has_solution:
                 continue
-            v = float(r.x["slack_vmax"].sum() + r.x["slack_vmin"].sum() + r.x["slack_thermal"].sum())
-            vcap = v * (1 + 1e-6) + 1e-9
+            sl = [np.maximum(r.x[k], 0.0) for k in ("slack_vmax", "slack_vmin", "slack_thermal")]
+            v = float(sum(x @ x for x in sl))
+            a.set("lv_cap", v * (1 + 1e-6) + 1e-12)
             shed_used = 0.0
             if shed_max.sum() > 0:
-                r2 = run(0.0, 1e-6, 1.0, vcap, BIG)  # then the least shed
+                r2 = run(p_shed)  # then the least shed
                 if r2.status.has_solution:
                     shed_used = float(r2.x["shed"].sum())
                     r = r2
-            r3 = run(0.0, 1.0, 0.0, vcap, shed_used * (1 + 1e-6) + 1e-9)  # then the nearest
+                a.set("shed_cap", shed_used * (1 + 1e-6) + 1e-9)
+            r3 = run(p_near)  # then the nearest
             if r3.status.has_solution:
                 r = r3
-            key = (v, shed_used, r.objective + cap_cost)
-            if best is None or key < best[0]:
-                best = (key, self._point_from(mod, prog, r, cap, r.x["shed"], ctx), ProjectionStatus.INFEASIBLE)
+            pt = self._point_from(mod, prog, r, cap, r.x["shed"], ctx)
+            key = (v, shed_used, pt.objective + cap_cost)
+            if best is None or _lex_less((key[0], key[1:]), (best[0][0], best[0][1:])):
+                best = (key, pt, ProjectionStatus.INFEASIBLE)
         if best is None:
             return None, ProjectionStatus.SOLVER_FAILED, (n, iters, solver)
         return best[1], best[2], (n, iters, solver)
@@ -1023,6 +1438,16 @@ class SafetyLayer:
     # -- result ------------------------------------------------------------------------------
     def _result(self, mod: _Model, act: Action, snap: Snapshot, pt: _Point, status, ctx, stats) -> ProjectionResult:
         f, mn = self.feeder, mod.mn
+        rejected = None
+        if status in (ProjectionStatus.UNCHANGED, ProjectionStatus.PROJECTED):
+            # the last line of defence: a success status only for a point inside the limits
+            vmod = self._network_violation(mod, pt, ctx["lim"])[2]
+            b = ctx["bounds"]
+            if not (vmod <= FEAS_TOL and (b is None or self._device_feasible(mod, pt.p, pt.q, pt.e, b))):
+                rejected = {"status": ProjectionStatus(status).name, "model_violation": float(vmod)}
+                status = ProjectionStatus.SOLVER_FAILED
+                pt = self._device_only(mod, act.pv_p_mw[mn.pv], act.pv_q_mvar[mn.pv], act.ess_p_mw[mn.ess],
+                                       act.cap_step[mn.cap], b, ctx)
         p, q, e = act.pv_p_mw.copy(), act.pv_q_mvar.copy(), act.ess_p_mw.copy()
         cap = act.cap_step.copy()
         p[mn.pv], q[mn.pv], e[mn.ess], cap[mn.cap] = pt.p, pt.q, pt.e, pt.cap
@@ -1053,7 +1478,9 @@ class SafetyLayer:
             violation={"vm_pu": float(vv), "thermal_mva": float(vs * mn.sn_mva)},
             shed_p_mw=shed, energy_not_supplied_mwh=float(shed.sum() * snap.dt_h), objective=float(pt.objective),
             iterations=int(stats[1]), n_solves=int(stats[0]), solver=str(stats[2]),
-            info={"zone": mn.zone, "model": ctx["model"], **pt.extra})
+            info={"zone": mn.zone, "model": ctx["model"], **pt.extra,
+                  **({"violation_sq": self._violation_sq(pt, ctx["lim"])} if status == ProjectionStatus.INFEASIBLE
+                     else {}), **({"rejected_point": rejected} if rejected else {})})
 
     def _active(self, mod: _Model, pt: _Point, ctx, tol: float = 1e-6) -> tuple:
         mn, lim, b = mod.mn, ctx["lim"], ctx["bounds"]
@@ -1153,6 +1580,61 @@ class SafetyLayer:
             solver=",".join(sorted({r.solver for r in subs if r.solver})), info={"zones": subs})
 
 
+_WARM_LOCK = threading.Lock()
+_WARMED = []
+
+
+def _warm_least_violation() -> None:
+    """Compile (or load from numba's cache) the least-violation kernel once per process, in the
+    set-up of the first layer that may need it, not inside the first infeasible call."""
+    with _WARM_LOCK:
+        if _WARMED:
+            return
+        one, zero = np.ones(1), np.zeros(0)
+        ptr, idx = np.array([0, 1], dtype=np.int64), np.zeros(1, dtype=np.int64)
+        x = np.empty(2)
+        kernels.least_violation(np.zeros(2), np.zeros(2), np.ones(2), 0.0, 1, 0, np.zeros(1), one, -one, one, one,
+                                np.full(1, np.inf), zero, zero, ptr, idx, one, one, one, np.array([0, 1, 1]), idx, one,
+                                np.zeros((1, 2)), one, np.ones((2, 2)), 1e-11, 5, x)
+        _WARMED.append(True)
+
+
+def _bounded_options(limit_s: float) -> tuple[dict, dict]:
+    """Solver options (and Clarabel's retry options) of the CVXPY fallbacks: the tight
+    tolerances of :data:`cvxpy_.DEFAULT_OPTIONS` with a time limit of ``limit_s`` seconds, the
+    iteration caps ``CVXPY_MAX_ITER`` / ``SCS_MAX_ITERS``, and no warm start."""
+    t = max(float(limit_s), 1e-3)
+    d = cvxpy_.DEFAULT_OPTIONS
+    options = {
+        "CLARABEL": {**d.get("CLARABEL", {}), "time_limit": t, "max_iter": CVXPY_MAX_ITER},
+        "ECOS": {**d.get("ECOS", {}), "max_iters": min(CVXPY_MAX_ITER, 100)},  # ECOS has no time limit
+        "SCS": {**d.get("SCS", {}), "max_iters": SCS_MAX_ITERS, "time_limit_secs": t},
+        "OSQP": {"max_iter": SCS_MAX_ITERS, "time_limit": t},
+    }
+    options = {k: {**v, "warm_start": False} for k, v in options.items()}
+    retry = {"CLARABEL": tuple({**o, "time_limit": t, "max_iter": CVXPY_MAX_ITER, "warm_start": False}
+                               for o in cvxpy_.RETRY_OPTIONS.get("CLARABEL", ()))}
+    return options, retry
+
+
+def _csr(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indptr, indices, data) of a dense matrix, int64 indices."""
+    nzr, nzc = np.nonzero(M)
+    return (np.searchsorted(nzr, np.arange(M.shape[0] + 1)).astype(np.int64), nzc.astype(np.int64),
+            np.ascontiguousarray(M[nzr, nzc], dtype=float))
+
+
+def _lex_less(a: tuple, b: tuple) -> bool:
+    """``(violation, distance)`` pairs compared lexicographically, violations equal within
+    rounding (1e-9 relative) compared by distance."""
+    tol = 1e-9 * max(abs(a[0]), abs(b[0])) + 1e-15
+    if a[0] < b[0] - tol:
+        return True
+    if a[0] > b[0] + tol:
+        return False
+    return a[1] < b[1]
+
+
 @lru_cache(maxsize=16)
 def _cached_layer(feeder: Feeder, model: str) -> SafetyLayer:
     return SafetyLayer(feeder, model=model)
@@ -1164,7 +1646,17 @@ def project_action(action: Action, snapshot: Snapshot, *, feeder: Feeder, model:
 
     The layer is built on the first call for a (feeder, model) pair and reused afterwards,
     so calling this in a loop does not rebuild the problem.
+
+    Thread-safe: the cached layer is shared by all threads and is itself thread-safe (its calls
+    serialize; two threads calling first at once may each build a layer, one of which is kept).
+    Answers do not depend on earlier calls (see :class:`SafetyLayer`).
+
+    Raises:
+        InputError: not a Feeder, an unknown model, or a bad action or snapshot (the message
+            names the field).
     """
-    if model not in FORMULATIONS:
+    if not isinstance(feeder, Feeder):
+        raise InputError(f"expected a Feeder, got {type(feeder).__name__}", "feeder")
+    if not isinstance(model, str) or model not in FORMULATIONS:
         raise InputError(f"expected one of {sorted(FORMULATIONS)}, got {model!r}", "model")
     return _cached_layer(feeder, model).project(action, snapshot, certify_ac=certify_ac)

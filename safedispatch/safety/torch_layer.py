@@ -25,6 +25,8 @@ availability and the previous set-points.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from dataclasses import dataclass
 
@@ -45,6 +47,22 @@ __all__ = ["TorchSafetyLayer", "Comparison"]
 
 #: solvers of the batch: "auto" = "numba" for CPU tensors, "torch" on other devices
 BACKENDS = ("auto", "torch", "numba")
+#: accepted floating dtypes of the inputs (half precision cannot represent set-points to the
+#: model's tolerance: float16 resolves 0.002 MW at 3.5 MW, which moves voltages by ~1e-5 pu)
+DTYPES = (torch.float32, torch.float64)
+
+_NUMBA_LOCK = threading.Lock()
+
+
+def _numba_parallel():
+    """A lock around numba's parallel kernels when its threading layer is "workqueue", which is
+    not thread-safe (concurrent launches from two threads abort the process); the "omp" and
+    "tbb" layers are, and run concurrent calls side by side."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+        return _NUMBA_LOCK
+    return _NUMBA_LOCK if layer == "workqueue" else contextlib.nullcontext()
 
 
 @dataclass
@@ -60,6 +78,8 @@ class Comparison:
             different).
         safe_torch, safe_cpu: ``(B, 2 n_pv)`` float64 safe actions.
         torch_time_s, cpu_time_s: Wall time of each layer on the batch.
+
+    Thread-safe: a plain value.
     """
 
     max_abs_diff: float
@@ -96,6 +116,41 @@ def _onto_devices(x, plo, phi, qlo, qhi, s, t):
     return out
 
 
+def _cast_inside(x, plo, phi, qlo, qhi, s, t, dtype):
+    """A float64 batch ``x`` (B, 2 n_pv), inside the device limits, cast to ``dtype`` with the
+    entries that the rounding pushed outside a limit (box, disk, power-factor cone; judged in
+    float64 arithmetic on the cast values) stepped back inside by one unit in the last place at
+    a time (a few steps at most)."""
+    y = x.to(dtype)
+    if dtype == torch.float64:
+        return y
+    N = s.shape[0]
+    f8 = torch.float64
+    tt = torch.as_tensor(t, dtype=f8, device=x.device)
+    fin = torch.isfinite(tt)
+    t0 = torch.where(fin, tt, torch.zeros_like(tt))
+    for _ in range(6):
+        p, q = y[:, :N], y[:, N:]
+        p8, q8 = p.to(f8), q.to(f8)
+        down_p = p8 > phi
+        up_p = (p8 < plo) & ~down_p
+        down_q = q8 > qhi
+        up_q = (q8 < qlo) & ~down_q
+        disk = p8 * p8 + q8 * q8 > s * s
+        cone = fin & (q8.abs() > t0 * p8)
+        shrink_q = (disk | cone) & (q8 != 0)
+        shrink_p = disk & (q8 == 0)
+        if not bool((down_p | up_p | down_q | up_q | shrink_q | shrink_p).any()):
+            break
+        inf = torch.full_like(p, float("inf"))
+        zero = torch.zeros_like(p)
+        p = torch.where(down_p | shrink_p, torch.nextafter(p, -inf), torch.where(up_p, torch.nextafter(p, inf), p))
+        q = torch.where(down_q, torch.nextafter(q, -inf), torch.where(up_q, torch.nextafter(q, inf), q))
+        q = torch.where(shrink_q, torch.nextafter(q, zero), q)
+        y = torch.cat([p, q], 1)
+    return y
+
+
 class _Workspace:
     """The large per-call arrays of a CPU batch of ``B`` samples: the rows' right-hand sides and
     the batch solver's outputs. Reused across calls (fresh pages cost ~45 ms per 32 MiB on a
@@ -122,16 +177,18 @@ class _Workspace:
 
 class _Lease:
     """Holds a workspace while anything may still read it (the forward, then the autograd
-    context of its backward); returns it to the layer's pool when dropped."""
+    context of its backward); returns it to the layer's pool when dropped (under the pool's
+    lock: leases end in whatever thread drops the last reference)."""
 
-    __slots__ = ("ws", "pool")
+    __slots__ = ("ws", "pool", "lock")
 
-    def __init__(self, ws: _Workspace, pool: list):
-        self.ws, self.pool = ws, pool
+    def __init__(self, ws: _Workspace, pool: list, lock):
+        self.ws, self.pool, self.lock = ws, pool, lock
 
     def __del__(self):
-        self.pool.append(self.ws)
-        del self.pool[:-1]  # keep one free workspace
+        with self.lock:
+            self.pool.append(self.ws)
+            del self.pool[:-1]  # keep one free workspace
 
 
 class TorchSafetyLayer(nn.Module):
@@ -166,8 +223,23 @@ class TorchSafetyLayer(nn.Module):
 
     Attributes:
         last_status: ``(B,)`` int64 CPU tensor of :class:`ProjectionStatus` values of the last
-            call.
-        last_info: Counters of the last call: ``{"torch_optimal", "fallback", "iterations_max"}``.
+            call made by the calling thread (per thread; ``return_status=True`` returns them
+            with the call's result).
+        last_info: Counters of the calling thread's last call: ``{"torch_optimal", "fallback",
+            "iterations_max"}``.
+
+    Thread-safe: a layer may be shared by threads that call it concurrently. The static data
+    are read-only after construction; the workspace pool is guarded by a lock (a call leases
+    its own workspace); ``last_status``/``last_info`` are per thread; the CPU layer that
+    handles infeasible samples is itself thread-safe (its calls serialize); numba's parallel
+    kernels run under a lock when numba's threading layer is not thread-safe ("workqueue").
+    Answers do not depend on other calls: each sample is solved from a cold start, and the
+    CPU layer's answers do not depend on the order of its calls.
+
+    Precision: inputs must be float32 or float64 (float16 and bfloat16 are rejected: at half
+    precision a set-point cannot be represented to the model's tolerance); everything is
+    computed in float64, and a float32 result is rounded towards the inside of the device limits
+    (boxes, disk, power-factor cone), so that it never exceeds a rating.
 
     Raises:
         InputError: unsupported model, bad weights, steps or options (the field is named).
@@ -197,6 +269,8 @@ class TorchSafetyLayer(nn.Module):
         self.backend = backend
         self.reuse_buffers = bool(reuse_buffers)
         self._pool: list = []  # free workspaces (see _Lease)
+        self._pool_lock = threading.RLock()
+        self._tls = threading.local()
         self.feeder = feeder
         self.n_pv = feeder.n_pv
         self.v_root_pu, self.dt_h = float(v_root_pu), float(dt_h)
@@ -241,25 +315,66 @@ class TorchSafetyLayer(nn.Module):
         self._ramp_p = pv.ramp_p_pu_per_min * pv.s_mva
         self._ramp_q = pv.ramp_q_pu_per_min * pv.s_mva
         self._dev_cache: dict = {}
-        self.last_status = torch.zeros(0, dtype=torch.int64)
-        self.last_info: dict = {}
+        self._static_lock = threading.Lock()
+
+    @property
+    def last_status(self) -> torch.Tensor:
+        """``(B,)`` statuses of the calling thread's last call (see the class docstring)."""
+        return getattr(self._tls, "status", torch.zeros(0, dtype=torch.int64))
+
+    @last_status.setter
+    def last_status(self, value) -> None:
+        self._tls.status = value
+
+    @property
+    def last_info(self) -> dict:
+        """Counters of the calling thread's last call (see the class docstring)."""
+        return getattr(self._tls, "info", {})
+
+    @last_info.setter
+    def last_info(self, value) -> None:
+        self._tls.info = value
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for k in ("_pool_lock", "_tls", "_static_lock"):
+            state.pop(k, None)
+        state["_pool"] = []
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._pool_lock = threading.RLock()
+        self._tls = threading.local()
+        self._static_lock = threading.Lock()
 
     def release_buffers(self) -> None:
         """Drop the kept workspace of CPU batches (see ``reuse_buffers``)."""
-        self._pool.clear()
+        with self._pool_lock:
+            self._pool.clear()
 
     def _lease(self, B: int) -> _Lease:
-        for k, ws in enumerate(self._pool):
-            if ws.B == B:
-                del self._pool[k]
-                break
-        else:
+        with self._pool_lock:
+            for k, ws in enumerate(self._pool):
+                if ws.B == B:
+                    del self._pool[k]
+                    break
+            else:
+                ws = None
+        if ws is None:
             ws = _Workspace(B, self._mh, self.m, self._mod.fast)
-        return _Lease(ws, self._pool if self.reuse_buffers else [])
+        return _Lease(ws, self._pool if self.reuse_buffers else [], self._pool_lock)
 
     # -- static data per device ------------------------------------------------------------------
     def _static(self, device: torch.device) -> dict:
         key = str(device)
+        st = self._dev_cache.get(key)
+        if st is not None:
+            return st
+        with self._static_lock:
+            return self._static_build(device, key)
+
+    def _static_build(self, device: torch.device, key: str) -> dict:
         if key not in self._dev_cache:
             mod = self._mod
             f8 = torch.float64
@@ -327,8 +442,11 @@ class TorchSafetyLayer(nn.Module):
                 raise InputError(f"expected a torch.Tensor, got {type(t).__name__}", name)
             if t.shape != (B, width):
                 raise InputError(f"expected shape ({B}, {width}), got {tuple(t.shape)}", name)
-            if not t.is_floating_point():
-                raise InputError(f"expected a floating dtype, got {t.dtype}", name)
+            if t.is_complex():
+                raise InputError(f"expected real numbers, got complex values ({t.dtype})", name)
+            if t.dtype not in DTYPES:
+                raise InputError(f"expected float32 or float64 (half precision cannot represent set-points to the "
+                                 f"model's tolerance), got {t.dtype}", name)
             if t.device != raw.device:
                 raise InputError(f"expected device {raw.device}, got {t.device}", name)
             # a NaN or an infinity makes the sum non-finite; only then (or when the sum overflows)
@@ -403,7 +521,8 @@ class TorchSafetyLayer(nn.Module):
         """Project a batch.
 
         Args:
-            raw: ``(B, 2 n_pv)`` raw set-points ``[pv_p_mw | pv_q_mvar]`` (float32 or float64).
+            raw: ``(B, 2 n_pv)`` raw set-points ``[pv_p_mw | pv_q_mvar]`` (float32 or float64;
+                the other inputs likewise, each in either of the two).
             load_p_mw, load_q_mvar: ``(B, n_bus)`` uncontrolled consumption per bus (as in
                 :class:`Snapshot`).
             pv_avail_mw: ``(B, n_pv)`` available PV power, ``0 <= avail <= pv.p_max_mw``.
@@ -411,7 +530,8 @@ class TorchSafetyLayer(nn.Module):
             return_status: Also return the ``(B,)`` statuses.
 
         Returns:
-            ``safe``: ``(B, 2 n_pv)`` in ``raw``'s dtype and device, never NaN; with
+            ``safe``: ``(B, 2 n_pv)`` in ``raw``'s dtype and device (computed in float64; a
+            float32 result rounded towards the inside of the device limits), never NaN; with
             ``return_status`` the pair ``(safe, status)``. Statuses (also in ``last_status``):
             UNCHANGED (raw already feasible, returned as is), PROJECTED (the nearest feasible
             point), INFEASIBLE (no feasible point: the CPU layer's least-violating point),
@@ -420,7 +540,8 @@ class TorchSafetyLayer(nn.Module):
             for UNCHANGED and PROJECTED samples; they are zero for the other two.
 
         Raises:
-            InputError: a wrong type, shape, dtype or device, NaN or inf, availability outside
+            InputError: a wrong type, shape, dtype (complex, or half precision: float16 and
+                bfloat16 are rejected) or device, NaN or inf, availability outside
                 ``[0, pv.p_max_mw]``, previous set-points outside an inverter's rating (the field
                 is named).
         """
@@ -442,6 +563,11 @@ class TorchSafetyLayer(nn.Module):
         self.last_status = status
         self.last_info = holder["info"]
         safe = x.to(raw.dtype)
+        if raw.dtype != f8 and x.shape[0]:
+            B, N = x.shape[0], self.n_pv
+            with torch.no_grad():
+                inside = _cast_inside(x.detach(), *(b.expand(B, N) for b in bnd), st["s"], self._t, raw.dtype)
+            safe = safe + (inside - safe).detach()  # rounded inside the limits; the gradient is x's
         return (safe, status) if return_status else safe
 
     # -- the solve (no autograd) ------------------------------------------------------------------
@@ -518,9 +644,10 @@ class TorchSafetyLayer(nn.Module):
         Cn = nd(c)
         e0 = np.zeros((R.shape[0], 0))
         idx = todo.numpy()
-        X, code, iters, LL, LS = cq.solve_batch(RP, RQ, e0, self._w, np.zeros(0), *bn, self._s, self._t, e0, e0,
-                                                nd(h), Cn, self._S, tol=self.tol, index=idx,
-                                                out=None if ws is None else ws.out)
+        with _numba_parallel():
+            X, code, iters, LL, LS = cq.solve_batch(RP, RQ, e0, self._w, np.zeros(0), *bn, self._s, self._t, e0, e0,
+                                                    nd(h), Cn, self._S, tol=self.tol, index=idx,
+                                                    out=None if ws is None else ws.out)
         plo, phi, qlo, qhi = (b[todo] for b in bnd)
         xt = _onto_devices(torch.from_numpy(X), plo, phi, qlo, qhi, st["s"], torch.as_tensor(self._t))
         opt = torch.from_numpy(code == 0)
@@ -653,9 +780,10 @@ class _RhsFn(torch.autograd.Function):
             h, c = ws.h, ws.c
         if B:
             nd = lambda t: t.detach().contiguous().numpy()  # noqa: E731
-            kernels.rhs_batch(nd(load_p), nd(load_q), layer._capq_c, nodes, sn, b, parent, r2, x2,
-                              layer.v_root_pu ** 2, layer._wmin_c, layer._wmax_c, layer._scr,
-                              min(B, 4 * numba.get_num_threads()), h.numpy(), c.numpy())
+            with _numba_parallel():
+                kernels.rhs_batch(nd(load_p), nd(load_q), layer._capq_c, nodes, sn, b, parent, r2, x2,
+                                  layer.v_root_pu ** 2, layer._wmin_c, layer._wmax_c, layer._scr,
+                                  min(B, 4 * numba.get_num_threads()), h.numpy(), c.numpy())
         ctx.layer = layer
         ctx.nb = load_p.shape[1]
         return h, c
@@ -669,8 +797,9 @@ class _RhsFn(torch.autograd.Function):
         lp_bar = torch.zeros(B, ctx.nb, dtype=torch.float64)
         lq_bar = torch.zeros(B, ctx.nb, dtype=torch.float64)
         if B:
-            kernels.rhs_batch_vjp(h_bar.contiguous().numpy(), c_bar.contiguous().numpy(), nodes, sn, parent, r2, x2,
-                                  min(B, 4 * numba.get_num_threads()), lp_bar.numpy(), lq_bar.numpy())
+            with _numba_parallel():
+                kernels.rhs_batch_vjp(h_bar.contiguous().numpy(), c_bar.contiguous().numpy(), nodes, sn, parent, r2,
+                                      x2, min(B, 4 * numba.get_num_threads()), lp_bar.numpy(), lq_bar.numpy())
         return lp_bar, lq_bar, None, None
 
 
@@ -734,9 +863,10 @@ class _ProjectFn(torch.autograd.Function):
             layer = ctx.layer
             ok[nb["ids"]] = False
             X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, Cn, idx, mask = nb["data"]
-            vjp_batch(layer._mod.fast, X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, layer._w, layer._s, layer._t, Cn,
-                      layer._S, gx.detach().numpy(), index=idx, mask=mask,
-                      out=(r_bar.numpy(), tuple(b.numpy() for b in b_bar), h_bar.numpy(), c_bar.numpy()))
+            with _numba_parallel():
+                vjp_batch(layer._mod.fast, X, LL, LS, RP, RQ, PLO, PHI, QLO, QHI, layer._w, layer._s, layer._t, Cn,
+                          layer._S, gx.detach().numpy(), index=idx, mask=mask,
+                          out=(r_bar.numpy(), tuple(b.numpy() for b in b_bar), h_bar.numpy(), c_bar.numpy()))
         groups = []
         ids = ok.nonzero(as_tuple=True)[0]
         if ids.numel():

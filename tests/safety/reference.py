@@ -7,6 +7,7 @@ affine form, so they share no code with the layer's sparse DistFlow programs.
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import cvxpy as cp
 import numpy as np
@@ -146,10 +147,27 @@ def reference_projection(feeder, snap, raw, cap_weight=1.0, mats=None):
     return best
 
 
+def violation_sq(feeder, snap, act, mats=None):
+    """The safety layer's violation measure at an action, from the dense model: the sum over
+    non-root buses of the squared excess of the squared voltage over its limits (pu^2) plus the
+    sum over in-service branches of the squared excess of the apparent power over its rating
+    (MVA^2, sn = 1 MVA)."""
+    w, P, Q = model_state(feeder, snap, act, mats)
+    nonroot = np.arange(feeder.n_bus) != feeder.root_bus
+    vmax2, vmin2 = feeder.bus.vm_max_pu[nonroot] ** 2, feeder.bus.vm_min_pu[nonroot] ** 2
+    on = feeder.branch.in_service
+    smax = (np.sqrt(3) * feeder.bus.vn_kv[feeder.branch.to_bus] * feeder.branch.i_max_ka)[on]
+    hi = np.maximum(w[nonroot] - vmax2, 0)
+    lo = np.maximum(vmin2 - w[nonroot], 0)
+    th = np.maximum(np.hypot(P, Q)[on] - smax, 0)
+    return float(hi @ hi + lo @ lo + th @ th)
+
+
 def reference_min_violation(feeder, snap, mats=None):
-    """Least total violation (sum over buses of squared-voltage excess, plus sum over branches
-    of apparent-power excess in MVA) over all device-feasible set-points and capacitor steps,
-    written plainly in CVXPY. No shedding."""
+    """Least violation (the sum over buses of the squared excess of the squared voltage over its
+    limits, plus the sum over branches of the squared excess of the apparent power over its
+    rating in MVA: :func:`violation_sq`) over all device-feasible set-points and capacitor
+    steps, written plainly in CVXPY. No shedding."""
     R, X, F, bsh, p, q, Bpv, on, smax = _setup(feeder, mats)
     pv = feeder.pv
     n = feeder.n_bus
@@ -163,10 +181,52 @@ def reference_min_violation(feeder, snap, mats=None):
         w = (snap.checked(feeder).v_root_pu**2 + R @ pin + X @ qin)[nonroot]
         P, Q = (F @ (-pin))[on], (F @ (-qin))[on]
         vmax2, vmin2 = feeder.bus.vm_max_pu[nonroot] ** 2, feeder.bus.vm_min_pu[nonroot] ** 2
-        viol = (cp.sum(cp.pos(w - vmax2)) + cp.sum(cp.pos(vmin2 - w))
-                + cp.sum(cp.pos(cp.norm(cp.vstack([P, Q]), axis=0) - smax)))
+        viol = (cp.sum_squares(cp.pos(w - vmax2)) + cp.sum_squares(cp.pos(vmin2 - w))
+                + cp.sum_squares(cp.pos(cp.norm(cp.vstack([P, Q]), axis=0) - smax)))
         cons = [p >= 0, p <= snap.pv_avail_mw, cp.square(p) + cp.square(q) <= pv.s_mva**2]
         prob = cp.Problem(cp.Minimize(viol), cons)
-        prob.solve(solver="CLARABEL")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # an inaccurate optimum is close enough here
+            prob.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-10, tol_feas=1e-10)
+            if prob.status not in ("optimal", "optimal_inaccurate"):
+                prob.solve(solver="CLARABEL")
         best = min(best, prob.value)
     return best
+
+
+def reference_nearest_with_excess_caps(feeder, snap, raw, act, rel=1e-9, mats=None):
+    """The squared distance (MW^2, MVAr^2) from the raw action to the nearest device-feasible
+    set-points whose every excess (each bus's squared voltage beyond its limits, each branch's
+    apparent power beyond its rating) is at most that of ``act`` (times ``1 + rel``), the
+    capacitor steps of ``act``, written plainly in CVXPY: the second stage of the layer's
+    lexicographic order (least violation, then nearest), given the least-violating excesses.
+    No shedding, no ramp limits. None when Clarabel fails on it (a sliver of a feasible set)."""
+    R, X, F, bsh, p, q, Bpv, on, smax = _setup(feeder, mats)
+    pv = feeder.pv
+    n = feeder.n_bus
+    nonroot = np.arange(n) != feeder.root_bus
+    w0, P0, Q0 = model_state(feeder, snap, act, mats)
+    vmax2, vmin2 = feeder.bus.vm_max_pu[nonroot] ** 2, feeder.bus.vm_min_pu[nonroot] ** 2
+    hi = np.maximum(vmax2, w0[nonroot] + rel * np.abs(w0[nonroot]))
+    lo = np.minimum(vmin2, w0[nonroot] - rel * np.abs(w0[nonroot]))
+    sm = np.maximum(smax, np.hypot(P0, Q0)[on] * (1 + rel))
+    qc = -np.asarray(snap.load_q_mvar, float) + bsh
+    if feeder.n_cap:
+        np.add.at(qc, feeder.cap.bus, np.asarray(act.cap_step) * feeder.cap.q_step_mvar)
+    pin = -np.asarray(snap.load_p_mw, float) + Bpv @ p
+    qin = qc + Bpv @ q
+    w = (snap.checked(feeder).v_root_pu**2 + R @ pin + X @ qin)[nonroot]
+    P, Q = (F @ (-pin))[on], (F @ (-qin))[on]
+    cons = [p >= 0, p <= snap.pv_avail_mw, cp.square(p) + cp.square(q) <= pv.s_mva**2, w <= hi, w >= lo,
+            cp.norm(cp.vstack([P, Q]), axis=0) <= sm]
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(p - raw.pv_p_mw) + cp.sum_squares(q - raw.pv_q_mvar)), cons)
+    for opts in ({"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}, {}):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                prob.solve(solver="CLARABEL", **opts)
+        except cp.error.SolverError:
+            continue
+        if prob.status in ("optimal", "optimal_inaccurate"):
+            return float(prob.value)
+    return None  # the reference could not solve it (the caller skips the instance)
