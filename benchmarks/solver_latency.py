@@ -13,6 +13,16 @@ mismatch is reported loudly, since the three solve the same convex problem. The 
 alternate call by call; ours is also timed alone (its calls back to back), and the latency
 targets of the issue are printed beside the measurements (PASS / FAIL, exit status 0 either way).
 
+**Infeasible snapshots** (no set-point satisfies the limits; :func:`_infeasible_instances`):
+loads x5 to x20 (undervoltage and overloads nobody can fix) and a substation at 1.06 pu above
+the 1.05 pu limit with full sun and 5 % load (overvoltage reactive power cannot fix). Ours:
+``layer.project`` (the least-violating point, INFEASIBLE); against it, the least-violation
+problem written by hand in CVXPY (:func:`_dense_violation_problem`: the same measure, the sum of
+the squared excesses, dense LinDistFlow), a DPP problem built once and solved by Clarabel in the
+same process; the minimised violations are compared (``V_RTOL``). Also timed: the first
+infeasible call of a fresh layer (cold), calls with ``certify_ac=True``, and a
+``TorchSafetyLayer`` batch of 64 such snapshots (the 33-bus cases).
+
 Each thread count runs in its own subprocess, because OMP_NUM_THREADS, MKL_NUM_THREADS,
 OPENBLAS_NUM_THREADS and NUMBA_NUM_THREADS are read only when numpy and numba are first
 imported. The parent collects the children's rows, prints one table (the first thread count,
@@ -21,7 +31,7 @@ imported. The parent collects the children's rows, prints one table (the first t
 
 Usage::
 
-    python benchmarks/solver_latency.py                  # 1 and 2 threads, all three cases
+    python benchmarks/solver_latency.py                  # 1 and 2 threads, all cases
     python benchmarks/solver_latency.py --threads 1      # single-thread only
     python benchmarks/solver_latency.py --quick          # smoke test: fewer instances and calls
     python benchmarks/solver_latency.py --cases ieee33-paperB-4 --out /tmp/bench
@@ -43,7 +53,12 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 
-DEFAULT_CASES = ("ieee33-paperB-4", "ieee33-paperB", "ieee33x30")
+#: cases measured on both paths; the infeasible-only cases (capacitor banks; sheddable loads and
+#: storage) are measured on infeasible snapshots only, without the CVXPY comparison (the
+#: hand-written problems model neither capacitor banks nor storage nor shedding)
+FULL_CASES = ("ieee33-paperB-4", "ieee33-paperB", "ieee33x30")
+INFEASIBLE_ONLY_CASES = ("ieee33-paperC", "ieee33-zones")
+DEFAULT_CASES = FULL_CASES + INFEASIBLE_ONLY_CASES
 VERSION_OF = ("safedispatch", "numpy", "scipy", "numba", "cvxpy", "clarabel")
 METHODS = ("ours", "dpp", "naive")
 
@@ -70,6 +85,16 @@ OBJ_RTOL = 1e-5
 #: 1e-8 MW^2, Clarabel's default absolute gap tolerance (the hand-written problems use Clarabel's
 #: defaults, as a user would), so solver noise on a near-zero distance is not called a mismatch
 OBJ_FLOOR = 1e-3
+
+#: infeasible snapshots per case, (full, quick): instances (half heavy load, half overvoltage),
+#: certified calls among them, TorchSafetyLayer batches of 64 (33-bus cases only)
+PLAN_INFEASIBLE = {"instances": (40, 8), "certify": (10, 3), "torch_batches": (3, 1)}
+PLAN_INFEASIBLE_LARGE = {"instances": (16, 4), "certify": (4, 2), "torch_batches": (0, 0)}
+#: the least violations (ours and CVXPY's) must agree to this relative tolerance
+V_RTOL = 1e-5
+#: the issue's targets for infeasible snapshots: per-call median and maximum without
+#: certification, maximum with it, and a batch of 64 in the torch layer
+TARGETS_INFEASIBLE = {"median_s": 5e-3, "max_s": 1.0, "certify_max_s": 2.0, "torch_batch_s": 1.0}
 
 #: the issue's latency targets, judged on ours' median per call over the compared instances
 TARGETS = (
@@ -198,6 +223,182 @@ def _instances(feeder, net: dict, n: int, seed: int) -> list[dict]:
                     "load_q": np.asarray(snap.load_q_mvar, float)[net["bus"]],
                     "avail": np.asarray(snap.pv_avail_mw, float), "raw_p": np.asarray(act.pv_p_mw, float),
                     "raw_q": np.asarray(act.pv_q_mvar, float), "w0": float(snap.checked(feeder).v_root_pu) ** 2})
+    return out
+
+
+def _dense_violation_problem(net: dict, load_p, load_q, avail, w0):
+    """The least-violation problem in CVXPY: the device-feasible inverter set-points that minimise
+    the sum of the squared excesses of the dense LinDistFlow model's limits (squared voltage pu
+    and MVA), the measure the safety layer documents for INFEASIBLE snapshots. Data arguments as
+    for :func:`_dense_problem` (numpy arrays or ``cp.Parameter`` objects).
+
+    Returns:
+        The problem (its value is the least violation).
+    """
+    import cvxpy as cp
+
+    n_pv = net["Bpv"].shape[1]
+    p, q = cp.Variable(n_pv, name="p"), cp.Variable(n_pv, name="q")
+    p_inj = net["Bpv"] @ p - load_p
+    q_inj = net["Bpv"] @ q - load_q
+    w = w0 + net["R"] @ p_inj + net["X"] @ q_inj
+    viol = cp.sum_squares(cp.pos(w - net["wmax"])) + cp.sum_squares(cp.pos(net["wmin"] - w))
+    if net["s_max"].size:
+        P, Q = -net["D"] @ p_inj, -net["D"] @ q_inj
+        viol = viol + cp.sum_squares(cp.pos(cp.norm(cp.vstack([P, Q]), 2, axis=0) - net["s_max"]))
+    cons = [p >= 0, p <= avail, cp.norm(cp.vstack([p, q]), 2, axis=0) <= net["s_pv"]]
+    return cp.Problem(cp.Minimize(viol), cons)
+
+
+def _infeasible_instances(feeder, net: dict, n: int, seed: int) -> list[dict]:
+    """Seeded snapshots no set-point can fix, alternately: loads x5 to x20 of nominal with PV at a
+    random fraction (undervoltage and overloads), and a substation at 1.06 pu (above the
+    1.05 pu limit) with 5 % load and PV at 80-100 % of peak (overvoltage that absorbing reactive
+    power cannot undo); raw set-points uniform in the inverters' boxes.
+
+    Returns:
+        One dict per instance, as :func:`_instances` (plus ``"kind"``).
+    """
+    import numpy as np
+
+    import safedispatch as sd
+
+    rng = np.random.default_rng(seed)
+    s = feeder.pv.s_mva
+    out = []
+    for k in range(n):
+        if k % 2 == 0:
+            kind = "heavy load"
+            snap = sd.Snapshot.nominal(feeder, load=float(rng.uniform(5, 20)), pv=float(rng.uniform(0, 1)))
+        else:
+            kind = "overvoltage"
+            snap = sd.Snapshot.nominal(feeder, load=0.05, pv=1.0, v_root_pu=1.06)
+            snap = snap.replace(pv_avail_mw=feeder.pv.p_max_mw * rng.uniform(0.8, 1.0, feeder.n_pv))
+        act = sd.Action(pv_p_mw=rng.uniform(0, 1, feeder.n_pv) * s, pv_q_mvar=rng.uniform(-1, 1, feeder.n_pv) * s)
+        out.append({"kind": kind, "snapshot": snap, "action": act,
+                    "load_p": np.asarray(snap.load_p_mw, float)[net["bus"]],
+                    "load_q": np.asarray(snap.load_q_mvar, float)[net["bus"]],
+                    "avail": np.asarray(snap.pv_avail_mw, float), "w0": float(snap.checked(feeder).v_root_pu) ** 2})
+    return out
+
+
+def _bench_infeasible(name: str, feeder, net: dict, quick: bool, seed: int, console: Console,
+                      compare: bool = True, torch_batches: bool = True) -> dict:
+    """Infeasible snapshots: ours (a fresh layer: its first call is the cold one) against the
+    hand-written CVXPY least-violation problem (DPP, Clarabel), alternating call by call; then
+    certified calls and TorchSafetyLayer batches of 64.
+
+    Args:
+        compare: Time and compare the hand-written CVXPY problem (False: ours only).
+        torch_batches: Time TorchSafetyLayer batches (33-bus feeders of the plan only).
+
+    Returns:
+        The case's ``"infeasible"`` entry: latency statistics (ours, CVXPY, certified, torch
+        batch), the cold first call, the median ratio CVXPY / ours, the status counts and the
+        agreement of the least violations.
+    """
+    import cvxpy as cp
+    import numpy as np
+
+    import safedispatch as sd
+
+    PS = sd.ProjectionStatus
+    plan = PLAN_INFEASIBLE if feeder.n_bus < 100 else PLAN_INFEASIBLE_LARGE
+    n_inst, n_cert, n_torch = (plan[k][int(quick)] for k in ("instances", "certify", "torch_batches"))
+    n_torch = n_torch if torch_batches else 0
+    inst = _infeasible_instances(feeder, net, n_inst + 1, seed + 1)
+    cold_inst = inst.pop()
+    m, n_pv = net["bus"].size, feeder.n_pv
+    par = {"load_p": cp.Parameter(m), "load_q": cp.Parameter(m), "avail": cp.Parameter(n_pv), "w0": cp.Parameter()}
+    with console.status(f"{name}: infeasible snapshots: set-up (layer, first call, DPP least-violation problem)"):
+        layer = sd.SafetyLayer(feeder, model="lindistflow")
+        t0 = time.perf_counter()
+        layer.project(cold_inst["action"], cold_inst["snapshot"])
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prob = _dense_violation_problem(net, par["load_p"], par["load_q"], par["avail"], par["w0"])
+        if not prob.is_dpp():
+            raise RuntimeError(f"{name}: the least-violation problem is not DPP")
+
+        def call_cvx(d):
+            for k, v in par.items():
+                v.value = d[k]
+            prob.solve(solver=cp.CLARABEL)
+            return prob.status, prob.value
+
+        if compare:
+            call_cvx(cold_inst)
+        cvx_setup = time.perf_counter() - t0 if compare else None
+    t_ours, t_cvx, counts, solvers, devs, nearest_not_solved = [], [], {}, {}, [], 0
+    by_kind = {}
+    with console.status(f"{name}: infeasible snapshots") as spin:
+        for i, d in enumerate(inst):
+            spin.update(f"{name}: infeasible snapshots, instance {i + 1}/{n_inst}")
+            st = val = None
+            for meth in (("ours", "cvx") if i % 2 == 0 else ("cvx", "ours")) if compare else ("ours",):
+                gc.collect(1)
+                t0 = time.perf_counter()
+                if meth == "ours":
+                    res = layer.project(d["action"], d["snapshot"])
+                    dt = time.perf_counter() - t0
+                    t_ours.append(dt)
+                    by_kind.setdefault(d["kind"], []).append(dt)
+                else:
+                    st, val = call_cvx(d)
+                    t_cvx.append(time.perf_counter() - t0)
+            counts[res.status.name] = counts.get(res.status.name, 0) + 1
+            solvers[res.solver or "(none)"] = solvers.get(res.solver or "(none)", 0) + 1
+            nearest_not_solved += "least_violation_nearest" in res.info
+            if res.status == PS.INFEASIBLE and st in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+                ours_v = float(res.info["violation_sq"])
+                devs.append(abs(ours_v - float(val)) / max(abs(float(val)), 1e-12))
+        t_cert, cert_rounds = [], []
+        for i, d in enumerate(inst[:n_cert]):
+            spin.update(f"{name}: infeasible snapshots, certified, instance {i + 1}/{n_cert}")
+            gc.collect(1)
+            t0 = time.perf_counter()
+            res = layer.project(d["action"], d["snapshot"], certify_ac=True)
+            t_cert.append(time.perf_counter() - t0)
+            cert_rounds.append(res.rounds)
+        t_torch = []
+        if n_torch:
+            import torch
+
+            tl = sd.TorchSafetyLayer(feeder)
+            rng = np.random.default_rng(seed + 2)
+            p0, q0 = feeder.nominal_injection()
+
+            def batch(B):
+                sc = rng.uniform(5, 20, (B, 1))
+                raw = np.hstack([feeder.pv.s_mva * rng.uniform(0, 1, (B, n_pv)),
+                                 feeder.pv.s_mva * rng.uniform(-1, 1, (B, n_pv))])
+                return (torch.tensor(raw), torch.tensor(-p0[None] * sc), torch.tensor(-q0[None] * sc),
+                        torch.tensor(feeder.pv.p_max_mw[None] * rng.uniform(0, 1, (B, n_pv))))
+
+            tl(*batch(4))  # the torch layer's own set-up
+            for b in range(n_torch):
+                spin.update(f"{name}: TorchSafetyLayer batch of 64 infeasible snapshots, {b + 1}/{n_torch}")
+                args = batch(64)
+                gc.collect(1)
+                t0 = time.perf_counter()
+                _, status = tl(*args, return_status=True)
+                t_torch.append(time.perf_counter() - t0)
+                counts["torch_INFEASIBLE"] = counts.get("torch_INFEASIBLE", 0) + int((status == PS.INFEASIBLE).sum())
+    lat = {"ours": _stats(t_ours), "cvxpy_dpp": _stats(t_cvx), "certify": _stats(t_cert),
+           "torch_batch64": _stats(t_torch), **{f"ours_{k}": _stats(v) for k, v in by_kind.items()}}
+    ratio = lat["cvxpy_dpp"]["median_s"] / lat["ours"]["median_s"] if lat["ours"] and lat["cvxpy_dpp"] else None
+    out = {"instances": n_inst, "status_counts": counts, "ours_solver": solvers, "latency": lat,
+           "cold_first_call_s": cold, "cvxpy_setup_s": cvx_setup, "ratio_median_cvxpy": ratio,
+           "max_rel_dev_violation": float(max(devs, default=0.0)), "n_compared": len(devs),
+           "n_violation_mismatch": int(sum(x > V_RTOL for x in devs)),
+           "certify_rounds_max": max(cert_rounds, default=0), "nearest_stage_not_solved": nearest_not_solved}
+    ms = lambda x: f"{x * 1e3:.2f} ms" if x is not None else "-"  # noqa: E731
+    console.log(f"{name}: infeasible: median ours {ms(lat['ours'] and lat['ours']['median_s'])} (max "
+                f"{ms(lat['ours'] and lat['ours']['max_s'])}, cold {ms(cold)}), CVXPY "
+                f"{ms(lat['cvxpy_dpp'] and lat['cvxpy_dpp']['median_s'])}; certified max "
+                f"{ms(lat['certify'] and lat['certify']['max_s'])}; torch batch of 64 "
+                f"{ms(lat['torch_batch64'] and lat['torch_batch64']['median_s'])}; max rel. dev. of the least "
+                f"violation {out['max_rel_dev_violation']:.1e}")
     return out
 
 
@@ -417,6 +618,7 @@ def _bench_case(name: str, quick: bool, seed: int, console: Console) -> dict:
         "objective_mw2": {"median": float(np.median(objs)) if objs else None,
                           "min": float(np.min(objs)) if objs else None},
         "line_charging_us": net["line_charging_us"], "checks": checks,
+        "infeasible": _bench_infeasible(name, feeder, net, quick, seed, console),
     }
     ms = lambda s: f"{s * 1e3:.3f} ms" if s is not None else "-"  # noqa: E731
     console.log(f"{name}: median ours {ms(lat['ours'] and lat['ours']['median_s'])}, DPP "
@@ -429,9 +631,30 @@ def _bench_case(name: str, quick: bool, seed: int, console: Console) -> dict:
     return row
 
 
+def _bench_infeasible_only(name: str, quick: bool, seed: int, console: Console) -> dict:
+    """A case measured on infeasible snapshots only (see ``INFEASIBLE_ONLY_CASES``)."""
+    import safedispatch as sd
+
+    feeder = sd.load_case(name)
+    net = _dense_network(feeder)
+    return {"case": name, "n_bus": feeder.n_bus, "n_pv": feeder.n_pv, "infeasible_only": True,
+            "infeasible": _bench_infeasible(name, feeder, net, quick, seed, console, compare=False,
+                                            torch_batches=feeder.n_cap == 0 and not feeder.load.sheddable.any())}
+
+
 def _child(args) -> int:
     """Measure every case at one thread count and write the rows as JSON to ``args.child_json``."""
-    return _harness.run_child(args, lambda name, console: [_bench_case(name, args.quick, args.seed, console)])
+    def one(name, console):
+        if name in INFEASIBLE_ONLY_CASES:
+            return [_bench_infeasible_only(name, args.quick, args.seed, console)]
+        return [_bench_case(name, args.quick, args.seed, console)]
+
+    return _harness.run_child(args, one)
+
+
+def _full(rows: list[dict]) -> list[dict]:
+    """The rows measured on both paths (not the infeasible-only cases)."""
+    return [r for r in rows if not r.get("infeasible_only")]
 
 
 # ----------------------------------------------------------------------------- parent process
@@ -455,7 +678,7 @@ def _get(r: dict, *path):
 
 def _tables(runs: list[dict]) -> tuple[list, list, list, list]:
     """Rows of the latency table and of the checks table, keyed on the headline run's cases."""
-    by_thread = [{r["case"]: r for r in run["rows"]} for run in runs]
+    by_thread = [{r["case"]: r for r in _full(run["rows"])} for run in runs]
     lat_head = ["case", "buses", "inverters", "calls (ours/DPP/naive)", "ours median (interleaved)", "ours p95",
                 "DPP median", "DPP p95", "naive median", "naive p95", "naive / ours", "DPP / ours",
                 "ours median back to back"]
@@ -503,6 +726,78 @@ def _tables(runs: list[dict]) -> tuple[list, list, list, list]:
     return lat_head, lat, check_head, checks
 
 
+def _infeasible_table(runs: list[dict]) -> tuple[list, list]:
+    """Rows of the infeasible-snapshot table, keyed on the headline run's cases."""
+    by_thread = [{r["case"]: r for r in run["rows"]} for run in runs]
+    head = ["case", "instances: statuses (answered by)", "ours median", "ours median: heavy load / overvoltage",
+            "ours p95", "ours max", "ours cold first call", "CVXPY least violation (DPP) median", "CVXPY / ours",
+            "max rel dev of the least violation", "certified median / max (rounds at most)",
+            "TorchSafetyLayer batch of 64"]
+    rows = []
+    for case in by_thread[0]:
+        same = [bt.get(case) for bt in by_thread]
+        inf = [_get(r, "infeasible") for r in same]
+        if inf[0] is None:
+            continue
+
+        def col(*path, inf=inf):
+            return [_get(r, *path) for r in inf]
+
+        kinds = []
+        for r in inf:
+            a, b = _get(r, "latency", "ours_heavy load", "median_s"), _get(r, "latency", "ours_overvoltage", "median_s")
+            kinds.append(None if a is None or b is None else f"{_fmt_time(a)} / {_fmt_time(b)}")
+        head_inf = inf[0]
+        st = ", ".join(f"{k} {v}" for k, v in sorted(head_inf["status_counts"].items()) if not k.startswith("torch"))
+        by = ", ".join(f"{k} {v}" for k, v in sorted(head_inf["ours_solver"].items(), key=lambda kv: -kv[1]))
+        present = [r for r in inf if r is not None]
+        cert = []
+        for r in inf:
+            c = _get(r, "latency", "certify")
+            cert.append(None if c is None else f"{_fmt_time(c['median_s'])} / {_fmt_time(c['max_s'])} "
+                                               f"({r['certify_rounds_max']})")
+        rows.append([case, f"{head_inf['instances']}: {st} ({by})",
+                     _harness.cells(col("latency", "ours", "median_s"), _fmt_time),
+                     _harness.cells(kinds, str),
+                     _harness.cells(col("latency", "ours", "p95_s"), _fmt_time),
+                     _harness.cells(col("latency", "ours", "max_s"), _fmt_time),
+                     _harness.cells(col("cold_first_call_s"), _fmt_time),
+                     _harness.cells(col("latency", "cvxpy_dpp", "median_s"), _fmt_time),
+                     _harness.cells(col("ratio_median_cvxpy"), _harness.fmt_ratio),
+                     (f"{max(r['max_rel_dev_violation'] for r in present):.1e}"
+                      + (" MISMATCH" if any(r["n_violation_mismatch"] for r in present) else ""))
+                     if any(r["n_compared"] for r in present) else "-",
+                     _harness.cells(cert, str),
+                     _harness.cells(col("latency", "torch_batch64", "median_s"), _fmt_time)])
+    return head, rows
+
+
+def _infeasible_target_lines(runs: list[dict]) -> tuple[list[str], list[dict]]:
+    """The issue's targets for infeasible snapshots, per case and thread count: PASS or FAIL."""
+    t = TARGETS_INFEASIBLE
+    lines, out = [], []
+    for case in [r["case"] for r in runs[0]["rows"] if r.get("infeasible")]:
+        parts, res = [], []
+        for run in runs:
+            inf = _get(next((r for r in run["rows"] if r["case"] == case), None), "infeasible")
+            if inf is None:
+                continue
+            lat = inf["latency"]
+            checks = {"median": (lat["ours"]["median_s"], t["median_s"]), "max": (lat["ours"]["max_s"], t["max_s"]),
+                      "certified max": (_get(lat, "certify", "max_s"), t["certify_max_s"]),
+                      "torch batch of 64": (_get(lat, "torch_batch64", "max_s"), t["torch_batch_s"])}
+            verdicts = {k: None if v is None else ("PASS" if v <= lim else "FAIL") for k, (v, lim) in checks.items()}
+            res.append({"threads": run["threads"], **{k: {"value_s": v, "limit_s": lim, "verdict": verdicts[k]}
+                                                       for k, (v, lim) in checks.items()}})
+            parts.append(f"{run['threads']} thread{'s' if run['threads'] != 1 else ''}: " + ", ".join(
+                f"{k} {_fmt_time(v)} {verdicts[k]}" for k, (v, _lim) in checks.items() if v is not None))
+        out.append({"case": case, "results": res})
+        lines.append(f"Infeasible snapshots, {case} (median <= {_fmt_time(t['median_s'])}, max <= "
+                     f"{_fmt_time(t['max_s'])}, certified <= {_fmt_time(t['certify_max_s'])}, torch batch of 64 <= "
+                     f"{_fmt_time(t['torch_batch_s'])}): " + "; ".join(parts))
+    return lines, out
+
+
 def _targets(runs: list[dict]) -> list[dict]:
     """Each latency target per thread count: PASS, FAIL or not measured."""
     out = []
@@ -548,7 +843,7 @@ def _notes(runs: list[dict]) -> list[str]:
     notes = []
     for run in runs:
         n = run["threads"]
-        for r in run["rows"]:
+        for r in _full(run["rows"]):
             c = r["checks"]
             if c["n_obj_mismatch"]:
                 worst = max(c["obj_mismatch"], key=lambda e: e["rel_dev"])
@@ -574,14 +869,25 @@ def _notes(runs: list[dict]) -> list[str]:
             notes.append(f"{n}-thread run: other processes used {foreign:.0%} of the machine's CPU time meanwhile, "
                          "so its figures may be high and noisy (p95 most of all).")
     for run in runs[1:]:
-        for r in run["rows"]:
+        for r in _full(run["rows"]):
             head = next((h for h in runs[0]["rows"] if h["case"] == r["case"]), None)
             a, b = _get(head, "latency", "ours", "median_s"), _get(r, "latency", "ours", "median_s")
             if a and b and b > 1.5 * a:
                 notes.append(f"{r['case']}: ours is {b / a:.1f}x slower with {run['threads']} threads than with "
                              f"{runs[0]['threads']}: more threads only add contention here (BLAS threads on a busy or "
                              "small machine wait for each other).")
-    for r in runs[0]["rows"] if runs else []:
+    for run in runs:
+        for r in run["rows"]:
+            inf = r.get("infeasible") or {}
+            if inf.get("n_violation_mismatch"):
+                notes.append(f"MISMATCH ({run['threads']}-thread run, {r['case']}): on {inf['n_violation_mismatch']} "
+                             f"infeasible snapshots the layer's least violation differs from CVXPY's by more than "
+                             f"{V_RTOL:g} relative (up to {inf['max_rel_dev_violation']:.1e}).")
+            if inf.get("nearest_stage_not_solved"):
+                notes.append(f"{run['threads']}-thread run, {r['case']}: on {inf['nearest_stage_not_solved']} of "
+                             f"{inf['instances']} infeasible snapshots the nearest-point stage did not converge; the "
+                             "layer returned its least-violating point (same least violation, not the nearest).")
+    for r in _full(runs[0]["rows"]) if runs else []:
         if r["line_charging_us"] > 0:
             notes.append(f"{r['case']} has line charging (up to {r['line_charging_us']:g} uS), which the hand-written "
                          "model ignores: objective deviations there are expected.")
@@ -592,7 +898,8 @@ def _notes(runs: list[dict]) -> list[str]:
     return notes
 
 
-def _markdown(report: dict, lat_head, lat, check_head, checks, target_lines: list[str]) -> str:
+def _markdown(report: dict, lat_head, lat, check_head, checks, target_lines: list[str], inf_head=None, inf_rows=None,
+              inf_lines=()) -> str:
     md = _harness.md_intro(report, "Projection latency: `SafetyLayer.project` vs hand-written CVXPY (Clarabel)")
     md += [
         f"Wall time per call over the instances all three can answer (status UNCHANGED or PROJECTED). Each cell: "
@@ -609,6 +916,19 @@ def _markdown(report: dict, lat_head, lat, check_head, checks, target_lines: lis
            "solve, whose milliseconds of Python work evict caches and branch history, so the call starts cold). "
            "The ratios against CVXPY use the interleaved figures of both sides.", ""]
     md += [f"**{ln}**" + "  " for ln in target_lines] + [""]
+    if inf_rows:
+        md += ["## Infeasible snapshots", "",
+               "Snapshots no set-point can fix (half with loads x5 to x20, half with the substation at 1.06 pu above "
+               "the 1.05 pu limit, 5 % load and full sun): ours returns the least-violating point (status INFEASIBLE; "
+               "the measure is the sum of the squared excesses of the model's limits). Against it, the same "
+               "least-violation problem written by hand in CVXPY (dense LinDistFlow, a DPP problem built once, "
+               "Clarabel with default settings), alternating call by call; the least violations are compared. "
+               "\"cold first call\": the first infeasible call of a fresh layer (numba kernels loaded from their "
+               "cache). Certified: `certify_ac=True` on the first instances. TorchSafetyLayer: batches of 64 "
+               "heavy-load snapshots (33-bus cases). Each cell: "
+               + _harness.md_threads(report["settings"]["threads"]) + ".", "",
+               _harness.md_table(inf_head, inf_rows), ""]
+        md += [f"**{ln}**" + "  " for ln in inf_lines] + [""]
     md += ["## Checks", "",
            f"Objectives are the squared distance (MW^2) between the raw and the safe set-points; deviations are "
            f"relative, |a - b| / max(|a|, |b|, {OBJ_FLOOR:g}), and a deviation above {OBJ_RTOL:g} is a mismatch. "
@@ -636,6 +956,8 @@ def main(argv=None) -> int:
     targets = _targets(runs)
     tlines = _target_lines(targets)
     lat_head, lat, check_head, checks = _tables(runs)
+    inf_head, inf_rows = _infeasible_table(runs)
+    inf_lines, inf_targets = _infeasible_target_lines(runs)
     quick = int(args.quick)
     report = {
         "benchmark": "solver_latency",
@@ -647,8 +969,12 @@ def main(argv=None) -> int:
                                                  for c in args.cases},
                      "load_scale_range": LOAD_RANGE, "pv_fraction_range": PV_RANGE, "p_raw_max_x_s_mva": P_RAW_MAX,
                      "obj_rtol": OBJ_RTOL, "obj_floor_mw2": OBJ_FLOOR, "cvxpy_solver": "CLARABEL (default settings)",
+                     "infeasible": {"plan": {k: v[quick] for k, v in PLAN_INFEASIBLE.items()},
+                                    "plan_large_feeders": {k: v[quick] for k, v in PLAN_INFEASIBLE_LARGE.items()},
+                                    "v_rtol": V_RTOL, "targets": TARGETS_INFEASIBLE},
                      "thread_env_vars": _harness.THREAD_VARS},
         "targets": targets,
+        "targets_infeasible": inf_targets,
         "notes": _notes(runs),
         "runs": runs,
     }
@@ -656,13 +982,17 @@ def main(argv=None) -> int:
     _harness.print_table(console, "Latency per projection call: " + _harness.threads_title(threads), lat_head, lat)
     for ln in tlines:
         console.print(f"[bold]{ln}[/bold]")
+    _harness.print_table(console, "Infeasible snapshots (least-violating point): " + _harness.threads_title(threads),
+                         inf_head, inf_rows)
+    for ln in inf_lines:
+        console.print(f"[bold]{ln}[/bold]")
     _harness.print_table(console, "Checks (objective = squared distance raw -> safe, MW^2)", check_head, checks)
     for note in report["notes"]:
         style = "bold red" if note.startswith("MISMATCH") else "yellow"
         console.print(f"[{style}]note: {note}[/{style}]")
     _harness.print_warnings(console, runs)
 
-    md = _markdown(report, lat_head, lat, check_head, checks, tlines)
+    md = _markdown(report, lat_head, lat, check_head, checks, tlines, inf_head, inf_rows, inf_lines)
     _harness.write_results(console, args.out, "solver_latency", report, md)
     return 0
 

@@ -15,7 +15,8 @@ problem is built once; every call updates parameters only:
 
 Device bounds ``p_lo .. e_hi`` fold in availability, ramp and state-of-charge limits and
 are computed by :func:`device_bounds`. The *soft* variant adds non-negative slacks on the
-voltage and thermal limits and load shedding, for snapshots where no set-point is feasible.
+voltage and thermal limits and load shedding, for snapshots where no set-point is feasible
+(the safety layer minimises the sum of the squared excesses; see :mod:`safedispatch.safety.layer`).
 """
 
 from __future__ import annotations
